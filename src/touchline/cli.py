@@ -1,0 +1,299 @@
+"""The ``touchline`` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+
+import click
+
+from touchline.clock import SystemClock, utc
+from touchline.config import Settings
+from touchline.errors import InputError, SpecError, TouchlineError
+
+# How far past the last event `simulate` keeps the clock running without --until.
+SIMULATE_TAIL = timedelta(days=30)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]  # type: ignore[no-any-return]
+
+
+def _engine(ctx: click.Context) -> Any:
+    """The store, migrated to the newest schema (done on every start)."""
+    if "engine" not in ctx.obj:
+        from touchline.store.db import make_engine, migrate
+
+        engine = make_engine(_settings(ctx).database_url)
+        migrate(engine)
+        ctx.obj["engine"] = engine
+    return ctx.obj["engine"]
+
+
+def _workspace(ctx: click.Context, given: str | None) -> str:
+    """The workspace named, or the only one in the store."""
+    from sqlalchemy import select
+
+    from touchline.store.tables import workspaces
+
+    if given:
+        return given
+    with _engine(ctx).connect() as conn:
+        ids = conn.execute(select(workspaces.c.id).limit(2)).scalars().all()
+    if len(ids) == 1:
+        return ids[0]
+    raise click.UsageError(
+        "name the workspace with --workspace (or TOUCHLINE_WORKSPACE); "
+        + (
+            "there is none yet: run `touchline workspace create NAME`"
+            if not ids
+            else "there are several"
+        )
+    )
+
+
+@click.group()
+@click.version_option(package_name="touchline")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """touchline: trigger communications — events in, journeys as code, messages out."""
+    ctx.ensure_object(dict)
+    try:
+        ctx.obj["settings"] = Settings.from_env()
+    except TouchlineError as exc:
+        raise click.ClickException(exc.message) from None
+    logging.basicConfig(
+        level=ctx.obj["settings"].log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create or upgrade the store's schema (also done on every start)."""
+    _engine(ctx)
+    click.echo("schema is up to date")
+
+
+# -- workspaces ------------------------------------------------------------------
+
+
+@main.group()
+def workspace() -> None:
+    """Workspaces and their keys."""
+
+
+@workspace.command("create")
+@click.argument("name")
+@click.option("--timezone", default="UTC", show_default=True, help="IANA zone for schedules")
+@click.pass_context
+def workspace_create(ctx: click.Context, name: str, timezone: str) -> None:
+    """Create a workspace and print its write key and admin token (shown once)."""
+    from touchline.journeys.localtime import zone
+    from touchline.store.workspaces import create_workspace
+
+    if zone(timezone, "").key != timezone and timezone != "UTC":
+        raise click.BadParameter(f"{timezone!r} is not an IANA time zone", param_hint="--timezone")
+    created = create_workspace(_engine(ctx), name, now=SystemClock().now(), timezone=timezone)
+    click.echo(f"workspace:   {created.id}")
+    click.echo(f"write key:   {created.write_key}")
+    click.echo(f"admin token: {created.admin_token}")
+
+
+# -- journeys --------------------------------------------------------------------
+
+
+def _load_dir(directory: str) -> list[Any]:
+    from touchline.journeys.loader import load_journey_dir
+
+    try:
+        return load_journey_dir(directory)
+    except SpecError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"{len(exc.problems)} problem(s) found", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+def validate(directory: str) -> None:
+    """Check every journey file in DIRECTORY; report each error with file, line and field."""
+    loaded = _load_dir(directory)
+    click.echo(f"{len(loaded)} journey(s) valid")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.option("--workspace", envvar="TOUCHLINE_WORKSPACE", help="workspace id")
+@click.pass_context
+def apply(ctx: click.Context, directory: str, workspace: str | None) -> None:
+    """Validate and apply the journeys in DIRECTORY; changed ones get a new version."""
+    from touchline.store.db import transaction
+    from touchline.store.journeys import apply_journeys
+
+    loaded = _load_dir(directory)
+    ws = _workspace(ctx, workspace)
+    with transaction(_engine(ctx)) as conn:
+        results = apply_journeys(conn, ws, loaded, now=SystemClock().now())
+    for r in results:
+        click.echo(f"{r.key}: v{r.version} {r.change}")
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema of journey files (for editor completion)."""
+    from touchline.journeys.schema import journey_json_schema
+
+    click.echo(json.dumps(journey_json_schema(), indent=2, ensure_ascii=False))
+
+
+# -- simulation ------------------------------------------------------------------
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return utc(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO-8601 time", param_hint="--until"
+        ) from None
+
+
+@main.command()
+@click.option(
+    "--journeys", "journeys_dir", required=True, type=click.Path(exists=True, file_okay=False)
+)
+@click.option("--events", "events_file", required=True, type=click.File("r", encoding="utf-8"))
+@click.option("--until", help="keep the virtual clock running up to this ISO-8601 time")
+@click.option("--timezone", default="UTC", show_default=True, help="workspace time zone")
+def simulate(journeys_dir: str, events_file: Any, until: str | None, timezone: str) -> None:
+    """Replay Segment-format events (NDJSON) through the journeys on a virtual clock.
+
+    Prints one JSON object per message that would be sent; nothing is delivered.
+    """
+    from touchline.simulation import Simulation, event_time, read_ndjson
+
+    loaded = _load_dir(journeys_dir)
+    try:
+        raws = read_ndjson(events_file, source=getattr(events_file, "name", "events"))
+    except InputError as exc:
+        raise click.ClickException(exc.message) from None
+    if not raws:
+        raise click.ClickException("the events file holds no events")
+    times = [event_time(r) for r in raws]
+    end = _parse_time(until) or (max(times) + SIMULATE_TAIL)
+    counts: dict[tuple[str, str], int] = {}
+    with Simulation(loaded, start=min(times), timezone=timezone) as sim:
+        sim.add_all(raws)
+        try:
+            for message in sim.run(until=end):
+                click.echo(message.to_json())
+                key = (message.journey, message.channel)
+                counts[key] = counts.get(key, 0) + 1
+        except TouchlineError as exc:
+            raise click.ClickException(exc.message) from None
+        totals = sim.worker.totals
+    click.echo(
+        f"simulated {sim.events_ingested} events up to {end.isoformat()}: "
+        f"{totals.stats.entered} entries, {sum(counts.values())} messages, "
+        f"{totals.stats.exited} exits, {totals.stats.conversions} goals, {totals.failed} failures",
+        err=True,
+    )
+    for (journey_key, channel), n in sorted(counts.items()):
+        click.echo(f"  {journey_key} / {channel}: {n}", err=True)
+
+
+@main.command()
+@click.option("--customers", default=2000, show_default=True, help="synthetic customers")
+@click.option("--days", default=28, show_default=True, help="days of shop activity")
+@click.option("--seed", default=7, show_default=True, help="random seed")
+@click.pass_context
+def demo(ctx: click.Context, customers: int, days: int, seed: int) -> None:
+    """Run a synthetic shop through the e-commerce journeys and print a report."""
+    from touchline.demo import run_demo
+
+    try:
+        run_demo(
+            database_url=_settings(ctx).database_url,
+            customers=customers,
+            days=days,
+            seed=seed,
+            out=sys.stdout,
+        )
+    except TouchlineError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+# -- processes -------------------------------------------------------------------
+
+
+def _worker(ctx: click.Context) -> Any:
+    from touchline.worker.loop import Worker
+
+    s = _settings(ctx)
+    return Worker(
+        _engine(ctx),
+        clock=SystemClock(),
+        owner=s.worker_id,
+        batch=s.claim_batch,
+        lease_seconds=s.lease_seconds,
+        poll_ms=s.poll_ms,
+    )
+
+
+@main.command()
+@click.option("--host", help="bind address (default TOUCHLINE_HOST or 127.0.0.1)")
+@click.option("--port", type=int, help="port (default TOUCHLINE_PORT or 8000)")
+@click.option("--no-worker", is_flag=True, help="serve the API only")
+@click.pass_context
+def serve(ctx: click.Context, host: str | None, port: int | None, no_worker: bool) -> None:
+    """Run the HTTP API and a worker in one process."""
+    import uvicorn
+
+    from touchline.web.app import create_app
+
+    s = _settings(ctx)
+    app = create_app(s, engine=_engine(ctx), clock=SystemClock())
+    stop = threading.Event()
+    thread = None
+    if not no_worker:
+        worker = _worker(ctx)
+        thread = threading.Thread(
+            target=worker.run, args=(stop,), name="touchline-worker", daemon=True
+        )
+        thread.start()
+    try:
+        uvicorn.run(app, host=host or s.host, port=port or s.port, log_level=s.log_level.lower())
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(timeout=10)
+
+
+@main.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run a worker alone; start any number of them against one PostgreSQL."""
+    import signal
+
+    w = _worker(ctx)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"worker {w.owner} started", err=True)
+    try:
+        w.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

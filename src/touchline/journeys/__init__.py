@@ -1,0 +1,1 @@
+"""Journeys: YAML-defined reactions to customer events, and their conditions."""

@@ -1,0 +1,327 @@
+"""The journey file format as pydantic models.
+
+A journey file is YAML; :mod:`touchline.journeys.loader` turns it into a
+:class:`JourneySpec` and reports problems with file, line and field. The
+models here check the shape of each part; :func:`semantic_problems` checks
+what spans parts (step ids, goto targets, percentages, conditions).
+
+The engine reads a :class:`JourneySpec` only; it never sees YAML.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from touchline.journeys.durations import format_duration, parse_duration, parse_time_of_day
+
+EXIT = "exit"
+"""The goto target that ends the journey."""
+
+KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    return parse_duration(value)
+
+
+def _time(value: Any) -> time:
+    if isinstance(value, time):
+        return value
+    return parse_time_of_day(value)
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+TimeOfDay = Annotated[time, BeforeValidator(_time)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Category(StrEnum):
+    """The seeds' three kinds of trigger message; caps and consent differ by kind."""
+
+    transactional = "transactional"
+    engaging = "engaging"
+    selling = "selling"
+
+
+class Reentry(StrEnum):
+    always = "always"  # every trigger enters, even while already inside
+    never = "never"  # once per customer, ever
+    not_within = "not_within"  # not if the customer entered within `not_within`
+    once_per_key = "once_per_key"  # once per distinct entry key (e.g. cart_id)
+
+
+class Trigger(_Model):
+    event: str = Field(min_length=1, max_length=200)
+    where: str | None = None
+
+
+class Entry(_Model):
+    reentry: Reentry = Reentry.not_within
+    not_within: Duration | None = None
+    key: str | None = Field(
+        default=None, description="trigger property that names the entry, e.g. cart_id"
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> Entry:
+        if self.reentry is Reentry.not_within and self.not_within is None:
+            object.__setattr__(self, "not_within", timedelta(days=1))
+        if self.reentry is Reentry.once_per_key and not self.key:
+            raise ValueError(
+                "reentry once_per_key needs `key`, the trigger property that names an entry"
+            )
+        return self
+
+
+class EventMatch(_Model):
+    """An event that matters to a running instance (exit, goal, awaited event)."""
+
+    event: str = Field(min_length=1, max_length=200)
+    match: str | None = Field(
+        default=None, description="property that must equal the trigger's, e.g. cart_id"
+    )
+    where: str | None = None
+
+
+class Goal(EventMatch):
+    within: Duration = timedelta(days=7)
+    value: str | None = Field(default=None, description="expression for the conversion's value")
+    exit: bool = True
+
+
+class WaitUntil(_Model):
+    time: TimeOfDay
+    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+
+    @field_validator("weekdays")
+    @classmethod
+    def _non_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("weekdays must list at least one day, or be left out")
+        return value
+
+
+class WaitFor(EventMatch):
+    timeout: Duration
+    on_event: str | None = None
+    on_timeout: str | None = None
+
+
+class BranchCase(_Model):
+    when: str
+    goto: str
+
+
+class Branch(_Model):
+    cases: list[BranchCase] = Field(min_length=1)
+    otherwise: str | None = None
+
+
+class Variant(_Model):
+    name: str = Field(min_length=1, max_length=64)
+    percent: float = Field(gt=0, le=100)
+    goto: str | None = None
+
+
+class Send(_Model):
+    channel: str = Field(min_length=1, max_length=64)
+    template: str = Field(min_length=1, max_length=200)
+    purpose: Literal["marketing", "transactional"] | None = None
+    when_capped: Literal["skip", "defer"] = "skip"
+
+
+class UpdateProfile(_Model):
+    set: dict[str, Any] = Field(default_factory=dict)
+    compute: dict[str, str] = Field(default_factory=dict)
+    unset: list[str] = Field(default_factory=list)
+
+
+STEP_KINDS = ("wait", "wait_until", "wait_for", "branch", "split", "send", "update_profile", "exit")
+
+
+class Step(_Model):
+    """One step; exactly one of the kind fields is set."""
+
+    id: str = ""
+    next: str | None = None
+    wait: Duration | None = None
+    wait_until: WaitUntil | None = None
+    wait_for: WaitFor | None = None
+    branch: Branch | None = None
+    split: list[Variant] | None = None
+    send: Send | None = None
+    update_profile: UpdateProfile | None = None
+    exit: Literal[True] | str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        kinds = [k for k in STEP_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) or "none"
+            raise ValueError(
+                f"a step needs exactly one of {', '.join(STEP_KINDS)} (found: {found})"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        for k in STEP_KINDS:
+            if getattr(self, k) is not None:
+                return k
+        raise AssertionError("validated step without a kind")
+
+
+class JourneySpec(_Model):
+    journey: str = Field(description="stable key of the journey, e.g. abandoned-cart")
+    name: str | None = None
+    description: str | None = None
+    category: Category = Category.engaging
+    status: Literal["active", "paused"] = "active"
+    trigger: Trigger
+    entry: Entry = Field(default_factory=Entry)
+    exit_on: list[EventMatch] = Field(default_factory=list)
+    goal: Goal | None = None
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("journey")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not KEY_RE.match(value):
+            raise ValueError(
+                "journey key must be 1-64 characters of lowercase letters, digits, '-' or '_'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _step_ids(self) -> JourneySpec:
+        for index, step in enumerate(self.steps):
+            if not step.id:
+                object.__setattr__(step, "id", f"step-{index + 1}")
+        return self
+
+    # -- navigation used by the engine -------------------------------------------
+
+    def step(self, step_id: str) -> Step:
+        return self._index()[step_id][1]
+
+    def next_after(self, step_id: str) -> str:
+        """Where a step goes when it names no target: its `next`, else the following step."""
+        index, step = self._index()[step_id]
+        if step.next:
+            return step.next
+        if index + 1 < len(self.steps):
+            return self.steps[index + 1].id
+        return EXIT
+
+    def _index(self) -> dict[str, tuple[int, Step]]:
+        cached = self.__dict__.get("_step_index")
+        if cached is None:
+            cached = {s.id: (i, s) for i, s in enumerate(self.steps)}
+            self.__dict__["_step_index"] = cached
+        return cached
+
+    def listened_events(self) -> set[str]:
+        """Every event name an instance of this journey may wait for."""
+        names = {m.event for m in self.exit_on}
+        if self.goal:
+            names.add(self.goal.event)
+        names.update(s.wait_for.event for s in self.steps if s.wait_for)
+        return names
+
+
+def semantic_problems(spec: JourneySpec) -> list[tuple[tuple[str | int, ...], str]]:
+    """Problems the field validators cannot see: ids, targets, splits, conditions.
+
+    Returns ``(location, message)`` pairs; the location is a path into the
+    YAML document such as ``("steps", 2, "branch", "cases", 0, "when")``.
+    """
+    from touchline.errors import ConditionError
+    from touchline.journeys.conditions import compile_condition
+
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    ids: dict[str, int] = {}
+    for index, step in enumerate(spec.steps):
+        if step.id == EXIT:
+            problems.append((("steps", index, "id"), "'exit' is reserved; choose another step id"))
+        elif not KEY_RE.match(step.id):
+            problems.append(
+                (("steps", index, "id"), "step id must be lowercase letters, digits, '-' or '_'")
+            )
+        if step.id in ids:
+            problems.append(
+                (
+                    ("steps", index, "id"),
+                    f"step id {step.id!r} is used twice (also step {ids[step.id] + 1})",
+                )
+            )
+        ids.setdefault(step.id, index)
+
+    def target(loc: tuple[str | int, ...], value: str | None) -> None:
+        if value is not None and value != EXIT and value not in ids:
+            known = ", ".join(sorted(ids)) or "none"
+            problems.append((loc, f"no step with id {value!r} (steps: {known}, or 'exit')"))
+
+    def condition(loc: tuple[str | int, ...], source: str | None) -> None:
+        if source is None:
+            return
+        try:
+            compile_condition(source)
+        except ConditionError as exc:
+            col = f" (column {exc.column})" if exc.column else ""
+            problems.append((loc, f"{exc.message}{col}"))
+
+    if spec.entry.reentry is Reentry.once_per_key and not spec.entry.key:
+        problems.append(
+            (
+                ("entry", "key"),
+                "reentry once_per_key needs `key`, the trigger property that names an entry",
+            )
+        )
+    condition(("trigger", "where"), spec.trigger.where)
+    for i, match in enumerate(spec.exit_on):
+        condition(("exit_on", i, "where"), match.where)
+    if spec.goal:
+        condition(("goal", "where"), spec.goal.where)
+        condition(("goal", "value"), spec.goal.value)
+    for index, step in enumerate(spec.steps):
+        base: tuple[str | int, ...] = ("steps", index)
+        target((*base, "next"), step.next)
+        if step.wait_for:
+            target((*base, "wait_for", "on_event"), step.wait_for.on_event)
+            target((*base, "wait_for", "on_timeout"), step.wait_for.on_timeout)
+            condition((*base, "wait_for", "where"), step.wait_for.where)
+        if step.branch:
+            for i, case in enumerate(step.branch.cases):
+                target((*base, "branch", "cases", i, "goto"), case.goto)
+                condition((*base, "branch", "cases", i, "when"), case.when)
+            target((*base, "branch", "otherwise"), step.branch.otherwise)
+        if step.split:
+            total = sum(v.percent for v in step.split)
+            if abs(total - 100) > 1e-6:
+                problems.append(
+                    ((*base, "split"), f"variant percentages add up to {total:g}, not 100")
+                )
+            names = [v.name for v in step.split]
+            if len(set(names)) != len(names):
+                problems.append(((*base, "split"), "variant names must be unique"))
+            for i, variant in enumerate(step.split):
+                target((*base, "split", i, "goto"), variant.goto)
+        if step.update_profile:
+            for name, source in step.update_profile.compute.items():
+                condition((*base, "update_profile", "compute", name), source)
+    return problems
+
+
+def describe_duration(delta: timedelta) -> str:
+    return format_duration(delta)

@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy Core tables, queries, work claiming and migrations."""

@@ -1,0 +1,90 @@
+"""Connecting to the store and running migrations.
+
+SQLite is the embedded default: WAL mode, a busy timeout, and every write
+transaction opened with ``BEGIN IMMEDIATE`` so there is exactly one writer
+and no transaction fails half-way on a lock upgrade. PostgreSQL is the
+scale-out store; many processes share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+
+from touchline.errors import StoreError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# How long SQLite waits for the writer lock before reporting the store busy.
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(
+    url: str, *, pool_size: int = 5, echo: bool = False, durable: bool = True
+) -> Engine:
+    """An Engine for ``url`` with touchline's connection settings applied.
+
+    ``durable=False`` turns off SQLite's fsyncs; only for throw-away stores
+    such as a simulation's.
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(url, echo=echo)
+        _configure_sqlite(engine, synchronous="NORMAL" if durable else "OFF")
+        return engine
+    return create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 10},
+    )
+
+
+def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, decide when transactions begin.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_sqlite(engine: Engine | Connection) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One write transaction; commits on success, rolls back on any error.
+
+    Connection-level failures are translated to :class:`StoreError`.
+    """
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise StoreError(f"the store refused the transaction: {exc.orig}") from exc
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration (safe to call on every start)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")

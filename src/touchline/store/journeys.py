@@ -1,0 +1,197 @@
+"""Applied journeys and their versions.
+
+Applying a journey whose normalised content changed creates a new version
+and makes it current; instances already running keep the version they
+entered (``instances.version_id``). Applying an unchanged file is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from touchline.errors import NotFound
+from touchline.journeys.loader import LoadedJourney, spec_checksum, spec_to_data
+from touchline.journeys.spec import JourneySpec
+from touchline.store.tables import journey_versions, journeys
+
+
+@dataclass(frozen=True)
+class AppliedJourney:
+    key: str
+    journey_id: int
+    version: int
+    version_id: int
+    change: str  # created | updated | unchanged
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"journey": self.key, "version": self.version, "change": self.change}
+
+
+def apply_journeys(
+    conn: Connection, workspace_id: str, loaded: Sequence[LoadedJourney], *, now: datetime
+) -> list[AppliedJourney]:
+    """Store each journey; a changed one gets a new current version."""
+    return [_apply_one(conn, workspace_id, item, now=now) for item in loaded]
+
+
+def _apply_one(
+    conn: Connection, workspace_id: str, item: LoadedJourney, *, now: datetime
+) -> AppliedJourney:
+    spec = item.spec
+    checksum = spec_checksum(spec)
+    row = conn.execute(
+        select(journeys).where(
+            journeys.c.workspace_id == workspace_id, journeys.c.key == spec.journey
+        )
+    ).first()
+    header = {
+        "name": spec.name or spec.journey,
+        "status": spec.status,
+        "category": spec.category.value,
+        "trigger_event": spec.trigger.event,
+        "updated_at": now,
+    }
+    if row is None:
+        journey_id = conn.execute(
+            journeys.insert()
+            .values(workspace_id=workspace_id, key=spec.journey, created_at=now, **header)
+            .returning(journeys.c.id)
+        ).scalar_one()
+        change, version = "created", 1
+    else:
+        journey_id = row.id
+        current = conn.execute(
+            select(journey_versions.c.checksum, journey_versions.c.version).where(
+                journey_versions.c.id == row.current_version_id
+            )
+        ).first()
+        if current is not None and current.checksum == checksum:
+            if row.status != spec.status:
+                conn.execute(
+                    journeys.update().where(journeys.c.id == journey_id).values(status=spec.status)
+                )
+            return AppliedJourney(
+                spec.journey, journey_id, current.version, row.current_version_id, "unchanged"
+            )
+        version = (
+            conn.execute(
+                select(func.max(journey_versions.c.version)).where(
+                    journey_versions.c.journey_id == journey_id
+                )
+            ).scalar_one()
+            or 0
+        ) + 1
+        change = "updated"
+    version_id = conn.execute(
+        journey_versions.insert()
+        .values(
+            workspace_id=workspace_id,
+            journey_id=journey_id,
+            version=version,
+            spec=spec_to_data(spec),
+            source=item.source,
+            checksum=checksum,
+            created_at=now,
+        )
+        .returning(journey_versions.c.id)
+    ).scalar_one()
+    conn.execute(
+        journeys.update()
+        .where(journeys.c.id == journey_id)
+        .values(current_version_id=version_id, **header)
+    )
+    return AppliedJourney(spec.journey, journey_id, version, version_id, change)
+
+
+def set_status(
+    conn: Connection, workspace_id: str, key: str, status: str, *, now: datetime
+) -> None:
+    """Pause or resume a journey. Paused journeys admit no one; those inside carry on."""
+    result = conn.execute(
+        journeys.update()
+        .where(journeys.c.workspace_id == workspace_id, journeys.c.key == key)
+        .values(status=status, updated_at=now)
+    )
+    if result.rowcount == 0:
+        raise NotFound(f"no journey {key!r} in this workspace")
+
+
+def list_journeys(conn: Connection, workspace_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(
+            journeys.c.key,
+            journeys.c.name,
+            journeys.c.status,
+            journeys.c.category,
+            journeys.c.trigger_event,
+            journey_versions.c.version,
+            journeys.c.updated_at,
+        )
+        .join(journey_versions, journey_versions.c.id == journeys.c.current_version_id)
+        .where(journeys.c.workspace_id == workspace_id)
+        .order_by(journeys.c.key)
+    ).all()
+    return [
+        {
+            "journey": r.key,
+            "name": r.name,
+            "status": r.status,
+            "category": r.category,
+            "trigger": r.trigger_event,
+            "version": r.version,
+            "updated_at": r.updated_at.isoformat(),
+        }
+        for r in rows
+    ]
+
+
+def get_journey(conn: Connection, workspace_id: str, key: str) -> dict[str, Any]:
+    row = conn.execute(
+        select(
+            journeys, journey_versions.c.version, journey_versions.c.spec, journey_versions.c.source
+        )
+        .join(journey_versions, journey_versions.c.id == journeys.c.current_version_id)
+        .where(journeys.c.workspace_id == workspace_id, journeys.c.key == key)
+    ).first()
+    if row is None:
+        raise NotFound(f"no journey {key!r} in this workspace")
+    versions = conn.execute(
+        select(journey_versions.c.version, journey_versions.c.created_at)
+        .where(journey_versions.c.journey_id == row.id)
+        .order_by(journey_versions.c.version)
+    ).all()
+    return {
+        "journey": row.key,
+        "name": row.name,
+        "status": row.status,
+        "category": row.category,
+        "trigger": row.trigger_event,
+        "version": row.version,
+        "versions": [
+            {"version": v.version, "created_at": v.created_at.isoformat()} for v in versions
+        ],
+        "spec": row.spec,
+        "source": row.source,
+    }
+
+
+class SpecCache:
+    """Parsed specs by version id. Versions never change, so entries never go stale."""
+
+    def __init__(self) -> None:
+        self._specs: dict[int, JourneySpec] = {}
+
+    def get(self, conn: Connection, version_id: int) -> JourneySpec:
+        spec = self._specs.get(version_id)
+        if spec is None:
+            data = conn.execute(
+                select(journey_versions.c.spec).where(journey_versions.c.id == version_id)
+            ).scalar_one()
+            spec = JourneySpec.model_validate(data)
+            self._specs[version_id] = spec
+        return spec

@@ -1,0 +1,284 @@
+"""Every table touchline keeps. Every row carries ``workspace_id``.
+
+Hot paths and the indexes that serve them:
+
+* an event finds the journeys it triggers: ``journeys (workspace_id, trigger_event)``
+* an event finds the instances waiting for it: ``listeners (workspace_id, profile_id, event_name)``
+* workers find due work: ``timers (due_at)``, ``events (status, id)``, ``outbox (status, available_at)``
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+from touchline.store.types import BigId, Json, UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+WS = 32  # workspace ids are short random slugs
+
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("id", String(WS), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("timezone", String(64), nullable=False, server_default="UTC"),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), ForeignKey("workspaces.id"), nullable=False),
+    Column("kind", String(8), nullable=False),  # write | admin
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("user_id", String(200)),
+    Column("email", String(320)),
+    Column("phone", String(64)),
+    Column("phone_valid", Boolean),
+    Column("timezone", String(64)),
+    Column("locale", String(35)),
+    Column("birthday", Date),
+    Column("first_name", String(200)),
+    Column("last_name", String(200)),
+    Column("traits", Json, nullable=False, default=dict),
+    Column("merged_into", BigId),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime()),
+    Index("ix_profiles_ws_user", "workspace_id", "user_id"),
+    Index("ix_profiles_ws_email", "workspace_id", "email"),
+    Index("ix_profiles_ws_phone", "workspace_id", "phone"),
+)
+
+identities = Table(
+    "identities",
+    metadata,
+    Column("workspace_id", String(WS), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # user_id | anonymous_id
+    Column("value", String(200), primary_key=True),
+    Column("profile_id", BigId, nullable=False),
+    Index("ix_identities_profile", "profile_id"),
+)
+
+EVENT_PENDING, EVENT_DONE, EVENT_FAILED = 0, 1, 2
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("type", String(16), nullable=False),  # track | identify | page | screen | group | alias
+    Column("name", String(200)),
+    Column("profile_id", BigId, nullable=False),
+    Column("user_id", String(200)),
+    Column("anonymous_id", String(200)),
+    Column("properties", Json, nullable=False, default=dict),
+    Column("traits", Json),
+    Column("context", Json),
+    Column("timestamp", UTCDateTime(), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("status", SmallInteger, nullable=False, default=EVENT_PENDING),
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("attempts", SmallInteger, nullable=False, default=0),
+    Column("error", Text),
+    UniqueConstraint("workspace_id", "message_id", name="uq_events_ws_message"),
+    Index("ix_events_status_id", "status", "id"),
+    Index("ix_events_profile_status_id", "profile_id", "status", "id"),
+    Index("ix_events_ws_profile_ts", "workspace_id", "profile_id", "timestamp"),
+    Index("ix_events_ws_name_ts", "workspace_id", "name", "timestamp"),
+)
+
+journeys = Table(
+    "journeys",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("status", String(16), nullable=False),  # active | paused | archived
+    Column("category", String(16), nullable=False),
+    Column("trigger_event", String(200), nullable=False),
+    Column("current_version_id", BigId),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("workspace_id", "key", name="uq_journeys_ws_key"),
+    Index("ix_journeys_ws_trigger", "workspace_id", "trigger_event", "status"),
+)
+
+journey_versions = Table(
+    "journey_versions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("journey_id", BigId, ForeignKey("journeys.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("spec", Json, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("journey_id", "version", name="uq_journey_versions_journey_version"),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("journey_id", BigId, nullable=False),
+    Column("version_id", BigId, nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("entry_key", String(200)),
+    Column("status", String(12), nullable=False),  # active | completed | exited
+    Column("step_id", String(64)),
+    Column("state", Json, nullable=False, default=dict),
+    Column("entered_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime()),
+    Column("exit_reason", String(200)),
+    Column("goal_reached_at", UTCDateTime()),
+    Index("ix_instances_journey_profile", "journey_id", "profile_id", "entered_at"),
+    Index("ix_instances_profile_status", "profile_id", "status"),
+    Index("ix_instances_journey_status_step", "journey_id", "status", "step_id"),
+)
+
+listeners = Table(
+    "listeners",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("event_name", String(200), nullable=False),
+    Column("instance_id", BigId, nullable=False),
+    Column("kind", String(8), nullable=False),  # wait | exit | goal
+    Column("step_id", String(64)),
+    Column("match_value", String(200)),
+    Column("expires_at", UTCDateTime()),
+    Index("ix_listeners_lookup", "workspace_id", "profile_id", "event_name"),
+    Index("ix_listeners_instance", "instance_id"),
+)
+
+timers = Table(
+    "timers",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("instance_id", BigId, nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),  # resume | timeout | goal
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("attempts", SmallInteger, nullable=False, default=0),
+    Index("ix_timers_due", "due_at"),
+    Index("ix_timers_instance", "instance_id"),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("instance_id", BigId, nullable=False),
+    Column("journey_id", BigId, nullable=False),
+    Column("version_id", BigId, nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("template", String(200), nullable=False),
+    Column("purpose", String(16), nullable=False),  # marketing | transactional
+    Column("category", String(16), nullable=False),
+    Column("variant", String(64)),
+    Column("payload", Json, nullable=False, default=dict),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("available_at", UTCDateTime(), nullable=False),
+    Index("ix_outbox_status_available", "status", "available_at"),
+    Index("ix_outbox_ws_profile", "workspace_id", "profile_id"),
+)
+
+step_log = Table(
+    "step_log",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("journey_id", BigId, nullable=False),
+    Column("instance_id", BigId, nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("action", String(16), nullable=False),  # entered | variant | exited | completed | ...
+    Column("detail", String(200)),
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_step_log_journey_step", "journey_id", "step_id", "action"),
+    Index("ix_step_log_instance", "instance_id"),
+)
+
+conversions = Table(
+    "conversions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("journey_id", BigId, nullable=False),
+    Column("instance_id", BigId, nullable=False, unique=True),
+    Column("profile_id", BigId, nullable=False),
+    Column("event_id", BigId, nullable=False),
+    Column("event_name", String(200), nullable=False),
+    Column("value", Numeric(18, 2)),
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_conversions_journey", "journey_id", "at"),
+)
+
+__all__ = [
+    "metadata",
+    "workspaces",
+    "api_keys",
+    "profiles",
+    "identities",
+    "events",
+    "journeys",
+    "journey_versions",
+    "instances",
+    "listeners",
+    "timers",
+    "outbox",
+    "step_log",
+    "conversions",
+    "EVENT_PENDING",
+    "EVENT_DONE",
+    "EVENT_FAILED",
+]

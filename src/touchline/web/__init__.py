@@ -1,0 +1,1 @@
+"""HTTP front: ``create_app(settings)`` and the API routers under ``web.api``."""

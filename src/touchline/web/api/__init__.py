@@ -1,0 +1,1 @@
+"""HTTP API routers: ``ingest`` (Segment tracking API); ``admin`` and others join here."""

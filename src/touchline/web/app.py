@@ -1,0 +1,161 @@
+"""The HTTP application: ``create_app(settings)`` builds it, uvicorn serves it.
+
+Error contract: every error answer is JSON ``{"code", "message"}`` with a
+stable ``code``:
+
+* a :class:`~touchline.errors.TouchlineError` answers with its ``code`` and
+  ``status``; for 5xx statuses the message is generic and details are logged;
+* FastAPI request validation failures are ``400 invalid_input``;
+* unknown routes are ``404 not_found``, wrong methods ``405 method_not_allowed``;
+* anything else is ``500 internal_error`` with the message ``"internal error"``
+  (the traceback goes to the log, never to the client).
+
+CORS is open (any origin, no credentials) so browsers can post events from a
+shop's own pages; the write key is not a secret from the shop's visitors.
+
+``app_from_env`` is the uvicorn factory:
+``uvicorn --factory touchline.web.app:app_from_env``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from touchline.clock import Clock, SystemClock
+from touchline.config import Settings
+from touchline.errors import TouchlineError
+from touchline.store.db import make_engine, migrate
+from touchline.store.workspaces import KeyCache
+from touchline.web.api import admin, ingest
+
+log = logging.getLogger("touchline.web")
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+_GENERIC_5XX = {
+    503: "the service is temporarily unavailable",
+}
+
+
+def create_app(
+    settings: Settings, *, engine: Engine | None = None, clock: Clock | None = None
+) -> FastAPI:
+    """The touchline HTTP app.
+
+    ``engine`` defaults to one built from ``settings.database_url`` (the
+    schema is not migrated here; see :func:`app_from_env`); ``clock`` to the
+    system clock. Both, the settings and a :class:`KeyCache` live on
+    ``app.state`` for the routers.
+    """
+    app = FastAPI(title="touchline", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.engine = engine if engine is not None else make_engine(settings.database_url)
+    app.state.clock = clock if clock is not None else SystemClock()
+    app.state.key_cache = KeyCache()
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_credentials=False,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
+        max_age=86400,
+    )
+    app.add_exception_handler(TouchlineError, _touchline_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unhandled_error)
+
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/readyz", readyz, methods=["GET"])
+    app.include_router(ingest.router)
+    app.include_router(admin.router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: settings from the environment, store migrated, app built."""
+    settings = Settings.from_env()
+    logging.getLogger("touchline").setLevel(settings.log_level.upper())
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    return create_app(settings, engine=engine)
+
+
+async def healthz() -> dict[str, str]:
+    """The process is up and serving requests."""
+    return {"status": "ok"}
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """The store answers ``select 1``; 503 ``store_unavailable`` when it does not."""
+    engine: Engine = request.app.state.engine
+    try:
+        await run_in_threadpool(_ping, engine)
+    except Exception:  # noqa: BLE001 - any failure means "not ready"
+        log.warning("readiness check failed", exc_info=True)
+        return _error(503, "store_unavailable", "the store is not reachable")
+    return JSONResponse({"status": "ready"})
+
+
+def _ping(engine: Engine) -> None:
+    # A raw DBAPI connection: no transaction, so SQLite's writer lock is not taken.
+    conn = engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        cursor.execute("select 1")
+        cursor.fetchall()
+        cursor.close()
+    finally:
+        conn.close()
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+async def _touchline_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TouchlineError)
+    if exc.status >= 500:
+        log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, exc.message)
+        message = _GENERIC_5XX.get(exc.status, "internal error")
+        return _error(exc.status, exc.code, message)
+    return _error(exc.status, exc.code, exc.message)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        problems.append(f"{where}: {error.get('msg', 'invalid')}" if where else error.get("msg"))
+    return _error(400, "invalid_input", "; ".join(problems) or "invalid request")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    if exc.status_code == 404:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    else:
+        message = str(exc.detail)
+    response = _error(exc.status_code, code, message)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal_error", "internal error")

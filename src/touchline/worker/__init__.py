@@ -1,0 +1,1 @@
+"""Workers: loops that claim due work and run the engine."""

@@ -1,0 +1,260 @@
+"""A real touchline server process fed by Segment's own Python SDK and raw HTTP.
+
+The server runs as ``python -m uvicorn --factory touchline.web.app:app_from_env``
+on a temporary SQLite file; the test reads the results straight from that file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import segment.analytics as analytics
+from segment.analytics.client import Client
+from segment.analytics.request import APIError
+from sqlalchemy import Engine, select
+
+from touchline.store.db import make_engine, migrate
+from touchline.store.tables import events, identities, profiles
+from touchline.store.workspaces import CreatedWorkspace, create_workspace
+
+# How long the server may take to start answering /healthz.
+STARTUP_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    engine: Engine
+    workspace: CreatedWorkspace
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A migrated SQLite store with one workspace, served by a uvicorn process."""
+    folder = tmp_path_factory.mktemp("server")
+    url = f"sqlite:///{folder / 'touchline.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    workspace = create_workspace(engine, "Acceptance Shop", now=datetime.now(UTC))
+    port = free_port()
+    log = folder / "server.log"
+    env = {**os.environ, "TOUCHLINE_DATABASE_URL": url, "TOUCHLINE_LOG_LEVEL": "WARNING"}
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "touchline.web.app:app_from_env",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_healthy(base, process, log)
+        yield Server(url=base, engine=engine, workspace=workspace, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        engine.dispose()
+
+
+def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"server did not become healthy in {STARTUP_SECONDS}s:\n{log.read_text()}")
+
+
+def profile_of(engine: Engine, workspace_id: str, user_id: str) -> Any:
+    with engine.connect() as conn:
+        pid = conn.execute(
+            select(identities.c.profile_id).where(
+                identities.c.workspace_id == workspace_id,
+                identities.c.kind == "user_id",
+                identities.c.value == user_id,
+            )
+        ).scalar_one()
+        return conn.execute(select(profiles).where(profiles.c.id == pid)).one()
+
+
+def events_of(engine: Engine, profile_id: int) -> list[Any]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(events).where(events.c.profile_id == profile_id).order_by(events.c.id)
+            )
+        )
+
+
+def test_segment_sdk_client_events_are_stored(server: Server) -> None:
+    """The SDK (gzip, sync) delivers identify/track/page; traits land normalised, visitor merged."""
+    client = Client(server.workspace.write_key, host=server.url, gzip=True, sync_mode=True)
+    client.track(anonymous_id="anon-1", event="Viewed Product", properties={"sku": "A1"})
+    client.page(anonymous_id="anon-1", name="Cart", properties={"url": "/cart"})
+    client.identify(
+        "sdk-user",
+        {
+            "email": "  Ivan.Petrov@Example.RU",
+            "phone": "8 (916) 123-45-67",
+            "birthday": date(1990, 5, 17),
+            "firstName": "Ivan",
+            "loyalty": "gold",
+        },
+        anonymous_id="anon-1",
+    )
+    client.track("sdk-user", "Order Completed", {"total": 99.5, "currency": "RUB"})
+    client.flush()
+
+    profile = profile_of(server.engine, server.workspace.id, "sdk-user")
+    assert profile.email == "ivan.petrov@example.ru"
+    assert (profile.phone, profile.phone_valid) == ("+79161234567", True)
+    assert profile.birthday == date(1990, 5, 17)
+    assert profile.first_name == "Ivan"
+    assert profile.traits == {"loyalty": "gold"}
+    stored = events_of(server.engine, profile.id)
+    assert [(e.type, e.name) for e in stored] == [
+        ("track", "Viewed Product"),
+        ("page", "Cart"),
+        ("identify", None),
+        ("track", "Order Completed"),
+    ]
+    assert stored[3].properties == {"total": 99.5, "currency": "RUB"}
+    assert stored[0].context["library"]["name"] == "analytics-python"
+
+
+def test_segment_sdk_anonymous_visitor_merges_on_sign_in(server: Server) -> None:
+    """A visitor browsing as an existing customer's other device is merged on identify."""
+    client = Client(server.workspace.write_key, host=server.url, gzip=True, sync_mode=True)
+    client.identify("merge-user", {"email": "m@example.ru"})
+    client.track(anonymous_id="anon-2", event="Added To Cart", properties={"sku": "B2"})
+    client.identify("merge-user", anonymous_id="anon-2")
+    client.flush()
+
+    profile = profile_of(server.engine, server.workspace.id, "merge-user")
+    names = [e.name for e in events_of(server.engine, profile.id)]
+    assert "Added To Cart" in names
+    with server.engine.connect() as conn:
+        merged = conn.execute(
+            select(profiles.c.merged_into).where(profiles.c.merged_into == profile.id)
+        ).all()
+    assert len(merged) == 1
+
+
+def test_segment_module_api_with_batching_consumer(server: Server) -> None:
+    """The module-level SDK API (background consumer, batches) delivers and flushes."""
+    analytics.write_key = server.workspace.write_key
+    analytics.host = server.url
+    analytics.gzip = True
+    try:
+        for n in range(25):
+            analytics.track("module-user", "Viewed Product", {"n": n})
+        analytics.flush()
+    finally:
+        analytics.shutdown()
+        analytics.default_client = None
+        analytics.write_key = analytics.host = None
+        analytics.gzip = False
+    profile = profile_of(server.engine, server.workspace.id, "module-user")
+    assert len(events_of(server.engine, profile.id)) == 25
+
+
+def test_segment_sdk_sees_a_wrong_key_as_401(server: Server) -> None:
+    """The SDK surfaces touchline's 401 {code, message} as an APIError it understands."""
+    client = Client("tlw_not-a-real-key", host=server.url, sync_mode=True)
+    with pytest.raises(APIError) as caught:
+        client.track("someone", "Viewed")
+    assert (caught.value.status, caught.value.code) == (401, "unauthorized")
+
+
+OVERSIZE_EVENT = json.dumps({"userId": "u", "event": "E", "properties": {"x": "a" * 40000}})
+OVERSIZE_BATCH = json.dumps(
+    {"batch": [{"type": "track", "userId": "u", "event": "e" * 190}] * 2700}
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "status", "code"),
+    [
+        ("/v1/track", "{not json", 400, "invalid_input"),
+        ("/v1/track", '{"event": "Viewed"}', 400, "missing_identity"),
+        ("/v1/track", OVERSIZE_EVENT, 400, "payload_too_large"),
+        ("/v1/batch", OVERSIZE_BATCH, 400, "payload_too_large"),
+        ("/v1/nowhere", "{}", 404, "not_found"),
+    ],
+)
+def test_raw_http_bad_input_answers_json(
+    server: Server, path: str, content: str, status: int, code: str
+) -> None:
+    """Bad input over real HTTP answers the documented status and {code, message}."""
+    auth = (server.workspace.write_key, "")
+    response = httpx.post(f"{server.url}{path}", content=content, auth=auth, timeout=10)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"code", "message"}
+    assert body["code"] == code
+
+
+def test_raw_http_wrong_key_is_401_json(server: Server) -> None:
+    """A wrong key over real HTTP answers 401 with {code: unauthorized, message}."""
+    response = httpx.post(
+        f"{server.url}/v1/track",
+        json={"userId": "u", "event": "E"},
+        auth=("tlw_wrong", ""),
+        timeout=10,
+    )
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+
+
+def test_raw_http_text_plain_and_readiness(server: Server) -> None:
+    """A browser-style text/plain POST is stored, and /readyz reports the store ready."""
+    response = httpx.post(
+        f"{server.url}/v1/t",
+        content=json.dumps(
+            {"writeKey": server.workspace.write_key, "anonymousId": "browser-1", "event": "Viewed"}
+        ),
+        headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": "https://shop.example"},
+        timeout=10,
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert httpx.get(f"{server.url}/readyz", timeout=10).json() == {"status": "ready"}
+    with server.engine.connect() as conn:
+        found = conn.execute(select(events.c.name).where(events.c.anonymous_id == "browser-1"))
+        assert found.scalars().all() == ["Viewed"]
