@@ -65,7 +65,7 @@ def _wait_for(predicate: object, *, timeout: float, what: str, log: Path) -> Non
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
             return
-        time.sleep(0.02)
+        time.sleep(0.002)
     raise AssertionError(f"timed out waiting for {what}; worker log:\n{log.read_text()[-3000:]}")
 
 
@@ -105,6 +105,8 @@ def test_sigkilled_worker_fires_every_timer_exactly_once(
                 what=f"{threshold} messages",
                 log=log,
             )
+            # kill while the worker holds a claimed batch it has not committed yet
+            _wait_for(lambda: _count(engine, leased) > 0, timeout=30, what="a claim", log=log)
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)

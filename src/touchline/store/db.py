@@ -1,8 +1,9 @@
 """Connecting to the store and running migrations.
 
 SQLite is the embedded default: WAL mode, a busy timeout, and every write
-transaction opened with ``BEGIN IMMEDIATE`` so there is exactly one writer
-and no transaction fails half-way on a lock upgrade. PostgreSQL is the
+transaction (:func:`transaction`) opened with ``BEGIN IMMEDIATE`` so there is
+exactly one writer and no transaction fails half-way on a lock upgrade;
+reads stay deferred and run beside the writer. PostgreSQL is the
 scale-out store; many processes share it.
 """
 
@@ -21,6 +22,8 @@ from touchline.errors import StoreError
 MIGRATIONS = Path(__file__).parent / "migrations"
 # How long SQLite waits for the writer lock before reporting the store busy.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option marking a connection whose transactions write (see transaction()).
+WRITE = "touchline_write"
 
 
 def make_engine(
@@ -58,7 +61,11 @@ def _configure_sqlite(engine: Engine, *, synchronous: str) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the lock up front; readers stay deferred and, under WAL,
+        # never block the writer or each other.
+        conn.exec_driver_sql(
+            "BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN"
+        )
 
 
 def is_sqlite(engine: Engine | Connection) -> bool:
@@ -69,10 +76,12 @@ def is_sqlite(engine: Engine | Connection) -> bool:
 def transaction(engine: Engine) -> Iterator[Connection]:
     """One write transaction; commits on success, rolls back on any error.
 
-    Connection-level failures are translated to :class:`StoreError`.
+    On SQLite it opens with ``BEGIN IMMEDIATE``; plain ``engine.connect()``
+    reads open a deferred transaction instead. Connection-level failures are
+    translated to :class:`StoreError`.
     """
     try:
-        with engine.begin() as conn:
+        with engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
             yield conn
     except OperationalError as exc:
         raise StoreError(f"the store refused the transaction: {exc.orig}") from exc
@@ -85,6 +94,6 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    with engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
