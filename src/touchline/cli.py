@@ -40,9 +40,14 @@ def _workspace(ctx: click.Context, given: str | None) -> str:
 
     from touchline.store.tables import workspaces
 
-    if given:
-        return given
     with _engine(ctx).connect() as conn:
+        if given:
+            found = conn.execute(select(workspaces.c.id).where(workspaces.c.id == given)).first()
+            if found is None:
+                raise click.BadParameter(
+                    f"no workspace {given!r} in this store", param_hint="--workspace"
+                )
+            return given
         ids = conn.execute(select(workspaces.c.id).limit(2)).scalars().all()
     if len(ids) == 1:
         return ids[0]
@@ -180,8 +185,11 @@ def simulate(journeys_dir: str, events_file: Any, until: str | None, timezone: s
 
     Prints one JSON object per message that would be sent; nothing is delivered.
     """
+    from touchline.journeys.localtime import zone
     from touchline.simulation import Simulation, event_time, read_ndjson
 
+    if zone(timezone, "").key != timezone and timezone != "UTC":
+        raise click.BadParameter(f"{timezone!r} is not an IANA time zone", param_hint="--timezone")
     loaded = _load_dir(journeys_dir)
     try:
         raws = read_ndjson(events_file, source=getattr(events_file, "name", "events"))

@@ -7,7 +7,7 @@
     ├── InputError                  a caller sent something we refuse (HTTP 4xx)
     │   ├── AuthError               missing or wrong key / token (401)
     │   ├── NotFound                no such object in this workspace (404)
-    │   └── PayloadTooLarge         over a size limit (400 / 413)
+    │   └── PayloadTooLarge         over a size limit (400)
     ├── SpecError                   a journey file is invalid; carries every problem found
     ├── ConditionError              a condition expression does not parse or type-check
     ├── StoreError                  the database refused or is unreachable

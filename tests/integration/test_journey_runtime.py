@@ -429,3 +429,20 @@ def test_merged_visitor_keeps_journey_going(engine: Engine, kind: str) -> None:
     # then: the order (sent as u9) stopped the journey begun anonymously
     assert shop.sent() == []
     assert shop.count(conversions) == 1
+
+
+def test_journey_applied_paused_admits_customers_once_resumed(engine: Engine) -> None:
+    """Status lives on the journey, not the version: resuming a file-paused journey works."""
+    # given
+    shop = Shop(engine, CART.replace("category: selling", "category: selling\nstatus: paused"))
+    shop.send(track("early", "Product Added", {"cart_id": "c0"}))
+    # when
+    with transaction(engine) as conn:
+        set_status(conn, shop.ws, "abandoned-cart", "active", now=T0)
+    shop.send(track("late", "Product Added", {"cart_id": "c1"}))
+    # then
+    with engine.connect() as conn:
+        entered = conn.execute(
+            select(profiles.c.user_id).join(instances, instances.c.profile_id == profiles.c.id)
+        ).scalars().all()
+    assert entered == ["late"]

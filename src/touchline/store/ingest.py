@@ -516,7 +516,7 @@ class _Batch:
             for table in _FOLLOWS_PROFILE:
                 self.conn.execute(
                     update(table)
-                    .where(table.c.profile_id == bindparam("b_id"))
+                    .where(table.c.workspace_id == self.ws, table.c.profile_id == bindparam("b_id"))
                     .values(profile_id=bindparam("b_into")),
                     rows,
                 )

@@ -93,7 +93,7 @@ def _apply_one(
             workspace_id=workspace_id,
             journey_id=journey_id,
             version=version,
-            spec=spec_to_data(spec),
+            spec=_version_data(spec),
             source=item.source,
             checksum=checksum,
             created_at=now,
@@ -106,6 +106,14 @@ def _apply_one(
         .values(current_version_id=version_id, **header)
     )
     return AppliedJourney(spec.journey, journey_id, version, version_id, change)
+
+
+def _version_data(spec: JourneySpec) -> dict[str, Any]:
+    """What a version stores: the spec without ``status``, which lives on the journey row
+    so pausing and resuming apply to every version at once."""
+    data = spec_to_data(spec)
+    data.pop("status", None)
+    return data
 
 
 def set_status(

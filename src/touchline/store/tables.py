@@ -163,7 +163,7 @@ instances = Table(
     Column("version_id", BigId, nullable=False),
     Column("profile_id", BigId, nullable=False),
     Column("entry_key", String(200)),
-    Column("status", String(12), nullable=False),  # active | completed | exited
+    Column("status", String(12), nullable=False),  # active | completed | exited | failed
     Column("step_id", String(64)),
     Column("state", Json, nullable=False, default=dict),
     Column("entered_at", UTCDateTime(), nullable=False),
@@ -190,6 +190,7 @@ listeners = Table(
     Column("expires_at", UTCDateTime()),
     Index("ix_listeners_lookup", "workspace_id", "profile_id", "event_name"),
     Index("ix_listeners_instance", "instance_id"),
+    Index("ix_listeners_expires", "expires_at"),
 )
 
 timers = Table(
@@ -207,6 +208,7 @@ timers = Table(
     Column("attempts", SmallInteger, nullable=False, default=0),
     Index("ix_timers_due", "due_at"),
     Index("ix_timers_instance", "instance_id"),
+    Index("ix_timers_profile", "profile_id"),
 )
 
 outbox = Table(
@@ -261,6 +263,7 @@ conversions = Table(
     Column("value", Numeric(18, 2)),
     Column("at", UTCDateTime(), nullable=False),
     Index("ix_conversions_journey", "journey_id", "at"),
+    Index("ix_conversions_profile", "profile_id"),
 )
 
 __all__ = [

@@ -45,6 +45,7 @@ from touchline.store.tables import (
     EVENT_PENDING,
     events,
     instances,
+    listeners,
     timers,
 )
 
@@ -279,6 +280,7 @@ def _record_timer_failures(
 def _fail_instance(conn: Connection, instance_id: int, error: str, *, now: datetime) -> None:
     """Park an instance whose steps keep failing; its reason stays for the operator."""
     conn.execute(delete(timers).where(timers.c.instance_id == instance_id))
+    conn.execute(delete(listeners).where(listeners.c.instance_id == instance_id))
     conn.execute(
         update(instances)
         .where(and_(instances.c.id == instance_id, instances.c.status == "active"))

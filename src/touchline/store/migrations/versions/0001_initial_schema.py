@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 00:53:29.599057
+Create Date: 2026-11-27 01:58:19.989598
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("conversions", schema=None) as batch_op:
         batch_op.create_index("ix_conversions_journey", ["journey_id", "at"], unique=False)
+        batch_op.create_index("ix_conversions_profile", ["profile_id"], unique=False)
 
     op.create_table(
         "events",
@@ -213,6 +214,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_listeners")),
     )
     with op.batch_alter_table("listeners", schema=None) as batch_op:
+        batch_op.create_index("ix_listeners_expires", ["expires_at"], unique=False)
         batch_op.create_index("ix_listeners_instance", ["instance_id"], unique=False)
         batch_op.create_index(
             "ix_listeners_lookup", ["workspace_id", "profile_id", "event_name"], unique=False
@@ -352,6 +354,7 @@ def upgrade() -> None:
     with op.batch_alter_table("timers", schema=None) as batch_op:
         batch_op.create_index("ix_timers_due", ["due_at"], unique=False)
         batch_op.create_index("ix_timers_instance", ["instance_id"], unique=False)
+        batch_op.create_index("ix_timers_profile", ["profile_id"], unique=False)
 
     op.create_table(
         "workspaces",
@@ -417,6 +420,7 @@ def downgrade() -> None:
     op.drop_table("api_keys")
     op.drop_table("workspaces")
     with op.batch_alter_table("timers", schema=None) as batch_op:
+        batch_op.drop_index("ix_timers_profile")
         batch_op.drop_index("ix_timers_instance")
         batch_op.drop_index("ix_timers_due")
 
@@ -440,6 +444,7 @@ def downgrade() -> None:
     with op.batch_alter_table("listeners", schema=None) as batch_op:
         batch_op.drop_index("ix_listeners_lookup")
         batch_op.drop_index("ix_listeners_instance")
+        batch_op.drop_index("ix_listeners_expires")
 
     op.drop_table("listeners")
     with op.batch_alter_table("journeys", schema=None) as batch_op:
@@ -464,6 +469,7 @@ def downgrade() -> None:
 
     op.drop_table("events")
     with op.batch_alter_table("conversions", schema=None) as batch_op:
+        batch_op.drop_index("ix_conversions_profile")
         batch_op.drop_index("ix_conversions_journey")
 
     op.drop_table("conversions")
