@@ -271,20 +271,35 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_worker: boo
 
     s = _settings(ctx)
     app = create_app(s, engine=_engine(ctx), clock=SystemClock())
-    stop = threading.Event()
-    thread = None
     if not no_worker:
-        worker = _worker(ctx)
+        app.router.lifespan_context = _worker_lifespan(_worker(ctx))
+    uvicorn.run(app, host=host or s.host, port=port or s.port, log_level=s.log_level.lower())
+
+
+def _worker_lifespan(worker: Any) -> Any:
+    """Run ``worker`` in a thread for the app's lifetime; stop it on shutdown.
+
+    Tied to the lifespan so that SIGTERM, which uvicorn turns into a graceful
+    shutdown, also lets the worker finish its batch instead of being cut off.
+    """
+    from contextlib import asynccontextmanager
+
+    from starlette.concurrency import run_in_threadpool
+
+    @asynccontextmanager
+    async def lifespan(_app: Any) -> Any:
+        stop = threading.Event()
         thread = threading.Thread(
             target=worker.run, args=(stop,), name="touchline-worker", daemon=True
         )
         thread.start()
-    try:
-        uvicorn.run(app, host=host or s.host, port=port or s.port, log_level=s.log_level.lower())
-    finally:
-        stop.set()
-        if thread is not None:
-            thread.join(timeout=10)
+        try:
+            yield
+        finally:
+            stop.set()
+            await run_in_threadpool(thread.join, 30)
+
+    return lifespan
 
 
 @main.command()

@@ -53,7 +53,6 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     host: str = "127.0.0.1"
     port: int = 8000
-    public_url: str = "http://127.0.0.1:8000"
     worker_id: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
     # How long a claimed timer or event stays ours before another worker may take it.
     lease_seconds: int = 60
@@ -62,7 +61,6 @@ class Settings:
     # Idle poll interval of the worker loop, in milliseconds.
     poll_ms: int = 200
     log_level: str = "INFO"
-    secret_key: Secret = field(default_factory=lambda: Secret("touchline-dev-secret"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -76,7 +74,6 @@ class Settings:
             "database_url": url,
             "host": host,
             "port": port,
-            "public_url": env.get("TOUCHLINE_PUBLIC_URL", f"http://{host}:{port}"),
             "lease_seconds": _int(env, "TOUCHLINE_LEASE_SECONDS", 60),
             "claim_batch": _int(env, "TOUCHLINE_CLAIM_BATCH", 200),
             "poll_ms": _int(env, "TOUCHLINE_POLL_MS", 200),
@@ -84,8 +81,6 @@ class Settings:
         }
         if env.get("TOUCHLINE_WORKER_ID"):
             kwargs["worker_id"] = env["TOUCHLINE_WORKER_ID"]
-        if env.get("TOUCHLINE_SECRET_KEY"):
-            kwargs["secret_key"] = Secret(env["TOUCHLINE_SECRET_KEY"])
         if kwargs["lease_seconds"] <= 0:  # type: ignore[operator]
             raise ConfigError("TOUCHLINE_LEASE_SECONDS must be positive")
         return cls(**kwargs)  # type: ignore[arg-type]

@@ -1,21 +1,16 @@
-"""A real touchline server process fed by Segment's own Python SDK and raw HTTP.
+"""A real ``touchline serve`` process fed by Segment's own Python SDK and raw HTTP.
 
-The server runs as ``python -m uvicorn --factory touchline.web.app:app_from_env``
-on a temporary SQLite file; the test reads the results straight from that file.
+The server runs as the ``touchline serve`` command (see ``server.py``) on a
+new SQLite file and on a fresh PostgreSQL database; the tests read the
+results straight from that store.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,14 +18,12 @@ import pytest
 import segment.analytics as analytics
 from segment.analytics.client import Client
 from segment.analytics.request import APIError
+from server import Served, postgres_database, serve
 from sqlalchemy import Engine, select
 
 from touchline.store.db import make_engine, migrate
 from touchline.store.tables import events, identities, profiles
 from touchline.store.workspaces import CreatedWorkspace, create_workspace
-
-# How long the server may take to start answering /healthz.
-STARTUP_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -38,67 +31,33 @@ class Server:
     url: str
     engine: Engine
     workspace: CreatedWorkspace
-    log: Path
+    served: Served
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A new SQLite file or a fresh PostgreSQL database cloned from the migrated template."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'touchline.db'}"
+        return
+    pg_admin = request.getfixturevalue("pg_admin")
+    with postgres_database(pg_admin, request.getfixturevalue("pg_template")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A migrated SQLite store with one workspace, served by a uvicorn process."""
-    folder = tmp_path_factory.mktemp("server")
-    url = f"sqlite:///{folder / 'touchline.db'}"
-    engine = make_engine(url)
-    migrate(engine)
-    workspace = create_workspace(engine, "Acceptance Shop", now=datetime.now(UTC))
-    port = free_port()
-    log = folder / "server.log"
-    env = {**os.environ, "TOUCHLINE_DATABASE_URL": url, "TOUCHLINE_LOG_LEVEL": "WARNING"}
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "touchline.web.app:app_from_env",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+def server(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A migrated store with one workspace, served by a `touchline serve` process."""
+    engine = make_engine(store_url)
     try:
-        _wait_until_healthy(base, process, log)
-        yield Server(url=base, engine=engine, workspace=workspace, log=log)
+        migrate(engine)
+        workspace = create_workspace(engine, "Acceptance Shop", now=datetime.now(UTC))
+        with serve(store_url, tmp_path_factory.mktemp("server")) as served:
+            yield Server(url=served.url, engine=engine, workspace=workspace, served=served)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         engine.dispose()
-
-
-def _wait_until_healthy(base: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"server did not become healthy in {STARTUP_SECONDS}s:\n{log.read_text()}")
 
 
 def profile_of(engine: Engine, workspace_id: str, user_id: str) -> Any:
@@ -224,9 +183,9 @@ def test_raw_http_bad_input_answers_json(
     """Bad input over real HTTP answers the documented status and {code, message}."""
     auth = (server.workspace.write_key, "")
     response = httpx.post(f"{server.url}{path}", content=content, auth=auth, timeout=10)
-    assert response.status_code == status, response.text
+    assert response.status_code == status, server.served.explain(response)
     body = response.json()
-    assert set(body) == {"code", "message"}
+    assert set(body) == {"code", "message"}, server.served.explain(response)
     assert body["code"] == code
 
 
@@ -238,7 +197,7 @@ def test_raw_http_wrong_key_is_401_json(server: Server) -> None:
         auth=("tlw_wrong", ""),
         timeout=10,
     )
-    assert response.status_code == 401
+    assert response.status_code == 401, server.served.explain(response)
     assert response.json()["code"] == "unauthorized"
 
 
@@ -252,7 +211,7 @@ def test_raw_http_text_plain_and_readiness(server: Server) -> None:
         headers={"Content-Type": "text/plain;charset=UTF-8", "Origin": "https://shop.example"},
         timeout=10,
     )
-    assert response.status_code == 200
+    assert response.status_code == 200, server.served.explain(response)
     assert response.headers["access-control-allow-origin"] == "*"
     assert httpx.get(f"{server.url}/readyz", timeout=10).json() == {"status": "ready"}
     with server.engine.connect() as conn:

@@ -26,7 +26,7 @@ class AppliedJourney:
     journey_id: int
     version: int
     version_id: int
-    change: str  # created | updated | unchanged
+    change: str  # created | updated | unchanged | paused | resumed
 
     def as_dict(self) -> dict[str, Any]:
         return {"journey": self.key, "version": self.version, "change": self.change}
@@ -71,12 +71,14 @@ def _apply_one(
             )
         ).first()
         if current is not None and current.checksum == checksum:
-            if row.status != spec.status:
+            change = "unchanged"
+            if row.status != spec.status:  # the file is the source of truth for status too
                 conn.execute(
                     journeys.update().where(journeys.c.id == journey_id).values(status=spec.status)
                 )
+                change = "paused" if spec.status == "paused" else "resumed"
             return AppliedJourney(
-                spec.journey, journey_id, current.version, row.current_version_id, "unchanged"
+                spec.journey, journey_id, current.version, row.current_version_id, change
             )
         version = (
             conn.execute(

@@ -198,7 +198,7 @@ async def _set_status(request: Request, workspace: str, key: str, status: str) -
     return {"journey": key, "status": status}
 
 
-@router.get("/profiles/{ref}")
+@router.get("/profiles/{ref:path}")
 async def profile_detail(request: Request, ref: str, workspace: Workspace) -> dict[str, Any]:
     """A customer by user id (or ``#<internal id>``), with journeys and recent events."""
 
