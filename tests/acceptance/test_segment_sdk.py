@@ -18,7 +18,7 @@ import pytest
 import segment.analytics as analytics
 from segment.analytics.client import Client
 from segment.analytics.request import APIError
-from server import Served, postgres_database, serve
+from server import Served, serve
 from sqlalchemy import Engine, select
 
 from touchline.store.db import make_engine, migrate
@@ -32,19 +32,6 @@ class Server:
     engine: Engine
     workspace: CreatedWorkspace
     served: Served
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A new SQLite file or a fresh PostgreSQL database cloned from the migrated template."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'touchline.db'}"
-        return
-    pg_admin = request.getfixturevalue("pg_admin")
-    with postgres_database(pg_admin, request.getfixturevalue("pg_template")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

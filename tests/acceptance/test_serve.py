@@ -27,7 +27,6 @@ from server import (
     Keys,
     Served,
     create_workspace,
-    postgres_database,
     run_ok,
     serve,
     start_serve,
@@ -85,19 +84,6 @@ class Shops:
     store_url: str
     a: Keys
     b: Keys
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def store_url(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A new, empty SQLite file (the server migrates it) or a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('store') / 'touchline.db'}"
-        return
-    pg_admin = request.getfixturevalue("pg_admin")
-    with postgres_database(pg_admin, request.getfixturevalue("pg_template")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
