@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, exists, func, select, update
+from sqlalchemy import Connection, case, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from touchline.journeys import engine as eng
@@ -246,21 +246,19 @@ class Runtime:
     def _history(
         self, conn: Connection, journey_id: int, profile_id: int, key: str | None
     ) -> eng.EntryHistory:
-        base = and_(instances.c.journey_id == journey_id, instances.c.profile_id == profile_id)
-        last = conn.execute(
-            select(func.max(instances.c.entered_at)).where(base)
-        ).scalar_one_or_none()
-        if last is None:
+        # One indexed read (journey_id, profile_id) answers all three questions.
+        row = conn.execute(
+            select(
+                func.max(instances.c.entered_at),
+                func.max(case((instances.c.status == "active", 1), else_=0)),
+                func.max(case((instances.c.entry_key == key, 1), else_=0))
+                if key is not None
+                else literal(0),
+            ).where(instances.c.journey_id == journey_id, instances.c.profile_id == profile_id)
+        ).one()
+        if row[0] is None:
             return eng.EntryHistory()
-        active = conn.execute(
-            select(exists().where(base, instances.c.status == "active"))
-        ).scalar_one()
-        key_seen = False
-        if key is not None:
-            key_seen = conn.execute(
-                select(exists().where(base, instances.c.entry_key == key))
-            ).scalar_one()
-        return eng.EntryHistory(last_entered_at=last, active=bool(active), key_seen=bool(key_seen))
+        return eng.EntryHistory(last_entered_at=row[0], active=row[1] == 1, key_seen=row[2] == 1)
 
     def handle_timer(self, conn: Connection, timer_row: Any, *, now: datetime) -> RunStats:
         """A due timer: resume or time out the instance it belongs to."""
@@ -303,6 +301,7 @@ class Runtime:
         inst = outcome.instance
         ws = inst_row.workspace_id
         common = {"workspace_id": ws, "instance_id": inst.id}
+        logs: list[dict[str, Any]] = []
         for cmd in outcome.commands:
             if isinstance(cmd, eng.Send):
                 added = insert_ignore(
@@ -368,16 +367,16 @@ class Runtime:
             elif isinstance(cmd, eng.SetTraits):
                 self._set_traits(conn, profile, cmd, now=now)
             elif isinstance(cmd, eng.Log):
-                conn.execute(
-                    step_log.insert().values(
-                        workspace_id=ws,
-                        journey_id=inst_row.journey_id,
-                        instance_id=inst.id,
-                        step_id=cmd.step_id,
-                        action=cmd.action,
-                        detail=(cmd.detail or None) and cmd.detail[:200],
-                        at=now,
-                    )
+                logs.append(
+                    {
+                        "workspace_id": ws,
+                        "journey_id": inst_row.journey_id,
+                        "instance_id": inst.id,
+                        "step_id": cmd.step_id,
+                        "action": cmd.action,
+                        "detail": (cmd.detail or None) and cmd.detail[:200],
+                        "at": now,
+                    }
                 )
             elif isinstance(cmd, eng.Convert):
                 stats.conversions += insert_ignore(
@@ -403,6 +402,8 @@ class Runtime:
                     stats.exited += 1
                 else:
                     stats.completed += 1
+        if logs:
+            conn.execute(step_log.insert(), logs)
         conn.execute(
             update(instances)
             .where(instances.c.id == inst.id)
