@@ -227,7 +227,7 @@ def _compose(text: str) -> yaml.Node | None:
         loader.dispose()
 
 
-def _read(text: str, *, file: str) -> tuple[Any, dict[Path_, int], list[SpecProblem]]:
+def read_yaml(text: str, *, file: str) -> tuple[Any, dict[Path_, int], list[SpecProblem]]:
     """YAML text → (data, line map, problems). Problems that stop reading raise SpecError."""
 
     def fatal(line: int | None, message: str) -> SpecError:
@@ -277,9 +277,9 @@ def load_journey_data(text: str, *, file: str) -> Any:
     documents over the size, node or depth limits. Nothing is validated
     against the journey format; use :func:`load_journey_text` for that.
     """
-    data, _lines, problems = _read(text, file=file)
+    data, _lines, problems = read_yaml(text, file=file)
     if problems:
-        raise SpecError(_sorted(problems))
+        raise SpecError(sorted_problems(problems))
     return data
 
 
@@ -301,7 +301,7 @@ def load_journey_text(text: str, *, file: str) -> JourneySpec:
 
 
 def _load(text: str, *, file: str) -> tuple[JourneySpec, dict[Path_, int]]:
-    data, lines, problems = _read(text, file=file)
+    data, lines, problems = read_yaml(text, file=file)
     if not isinstance(data, dict):
         problems.append(
             SpecProblem(
@@ -311,7 +311,7 @@ def _load(text: str, *, file: str) -> tuple[JourneySpec, dict[Path_, int]]:
                 "a journey file must be a mapping of fields (journey:, trigger:, steps:, ...)",
             )
         )
-        raise SpecError(_sorted(problems))
+        raise SpecError(sorted_problems(problems))
     try:
         spec = JourneySpec.model_validate(data)
     except ValidationError as exc:
@@ -319,12 +319,12 @@ def _load(text: str, *, file: str) -> tuple[JourneySpec, dict[Path_, int]]:
         reported = {p.field for p in problems}
         for path, message in _translate(exc, data):
             if _field(path) not in reported:
-                problems.append(SpecProblem(file, _line(lines, path), _field(path), message))
-        raise SpecError(_sorted(problems)) from None
+                problems.append(SpecProblem(file, line_of(lines, path), _field(path), message))
+        raise SpecError(sorted_problems(problems)) from None
     for loc, message in semantic_problems(spec):
-        problems.append(SpecProblem(file, _line(lines, loc), _field(loc), message))
+        problems.append(SpecProblem(file, line_of(lines, loc), _field(loc), message))
     if problems:
-        raise SpecError(_sorted(problems))
+        raise SpecError(sorted_problems(problems))
     return spec, lines
 
 
@@ -471,7 +471,7 @@ def _members(annotation: Any) -> Iterator[Any]:
         yield annotation
 
 
-def _line(lines: dict[Path_, int], path: Path_) -> int:
+def line_of(lines: dict[Path_, int], path: Path_) -> int:
     """The line of ``path``, or of its nearest parent that exists in the document."""
     for end in range(len(path), -1, -1):
         line = lines.get(path[:end])
@@ -488,7 +488,7 @@ def _field(path: Path_) -> str:
     return out or DOCUMENT_FIELD
 
 
-def _sorted(problems: list[SpecProblem]) -> list[SpecProblem]:
+def sorted_problems(problems: list[SpecProblem]) -> list[SpecProblem]:
     return sorted(problems, key=lambda p: (p.file, p.line or 0))
 
 
@@ -563,13 +563,13 @@ def load_journey_dir(path: str | Path) -> list[LoadedJourney]:
         if key in owners:
             message = f"journey key {key!r} is already used by {owners[key]}"
             problems.append(
-                SpecProblem(journey.path, _line(lines, ("journey",)), "journey", message)
+                SpecProblem(journey.path, line_of(lines, ("journey",)), "journey", message)
             )
             continue
         owners[key] = journey.path
         loaded.append(journey)
     if problems:
-        raise SpecError(_sorted(problems))
+        raise SpecError(sorted_problems(problems))
     return loaded
 
 

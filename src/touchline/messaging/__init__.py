@@ -1,0 +1,1 @@
+"""Messaging: templates, channels and (later) the dispatcher that sends from the outbox."""

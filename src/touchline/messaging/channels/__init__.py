@@ -1,0 +1,1 @@
+"""Channels: small adapters behind one protocol (:class:`~touchline.messaging.channels.base.Channel`)."""
