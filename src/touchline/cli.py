@@ -7,6 +7,7 @@ import logging
 import sys
 import threading
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -131,7 +132,8 @@ def _load_dir(directory: str) -> list[Any]:
 def validate(directory: str) -> None:
     """Check every journey file in DIRECTORY; report each error with file, line and field."""
     loaded = _load_dir(directory)
-    click.echo(f"{len(loaded)} journey(s) valid")
+    templates = _load_templates(directory)
+    click.echo(f"{len(loaded)} journey(s) valid, {len(templates)} template(s) valid")
 
 
 @main.command()
@@ -142,13 +144,35 @@ def apply(ctx: click.Context, directory: str, workspace: str | None) -> None:
     """Validate and apply the journeys in DIRECTORY; changed ones get a new version."""
     from touchline.store.db import transaction
     from touchline.store.journeys import apply_journeys
+    from touchline.store.templates import apply_templates
 
     loaded = _load_dir(directory)
+    templates = _load_templates(directory)
     ws = _workspace(ctx, workspace)
+    now = SystemClock().now()
     with transaction(_engine(ctx)) as conn:
-        results = apply_journeys(conn, ws, loaded, now=SystemClock().now())
+        results = apply_journeys(conn, ws, loaded, now=now)
+        applied_templates = apply_templates(conn, ws, templates, now=now)
     for r in results:
         click.echo(f"{r.key}: v{r.version} {r.change}")
+    for t in applied_templates:
+        click.echo(f"template {t['template']}: {t['change']}")
+
+
+def _load_templates(directory: str) -> list[Any]:
+    """The templates of a pack's ``templates/`` folder (none when it has no such folder)."""
+    from touchline.messaging.template_files import load_template_dir
+
+    folder = Path(directory) / "templates"
+    if not folder.is_dir():
+        return []
+    try:
+        return load_template_dir(folder)
+    except SpecError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        click.echo(f"{len(exc.problems)} problem(s) found", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -272,12 +296,38 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_worker: boo
     s = _settings(ctx)
     app = create_app(s, engine=_engine(ctx), clock=SystemClock())
     if not no_worker:
-        app.router.lifespan_context = _worker_lifespan(_worker(ctx))
+        app.router.lifespan_context = _worker_lifespan(_worker(ctx), _dispatcher(ctx))
     uvicorn.run(app, host=host or s.host, port=port or s.port, log_level=s.log_level.lower())
 
 
-def _worker_lifespan(worker: Any) -> Any:
-    """Run ``worker`` in a thread for the app's lifetime; stop it on shutdown.
+def _dispatcher(ctx: click.Context) -> Any:
+    """A dispatcher delivering through the capture channel (messages are kept, not sent)."""
+    from touchline.messaging.channels.capture import CaptureChannel
+    from touchline.messaging.dispatcher import DEFAULT_CHANNEL, Dispatcher
+
+    s = _settings(ctx)
+    return Dispatcher(
+        _engine(ctx),
+        clock=SystemClock(),
+        owner=s.worker_id,
+        channels={DEFAULT_CHANNEL: CaptureChannel()},
+        lease_seconds=s.lease_seconds,
+    )
+
+
+def _start(*loops: Any) -> tuple[threading.Event, list[threading.Thread]]:
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=loop.run, args=(stop,), name=type(loop).__name__, daemon=True)
+        for loop in loops
+    ]
+    for thread in threads:
+        thread.start()
+    return stop, threads
+
+
+def _worker_lifespan(*loops: Any) -> Any:
+    """Run the worker and dispatcher in threads for the app's lifetime; stop them on shutdown.
 
     Tied to the lifespan so that SIGTERM, which uvicorn turns into a graceful
     shutdown, also lets the worker finish its batch instead of being cut off.
@@ -288,16 +338,13 @@ def _worker_lifespan(worker: Any) -> Any:
 
     @asynccontextmanager
     async def lifespan(_app: Any) -> Any:
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=worker.run, args=(stop,), name="touchline-worker", daemon=True
-        )
-        thread.start()
+        stop, threads = _start(*loops)
         try:
             yield
         finally:
             stop.set()
-            await run_in_threadpool(thread.join, 30)
+            for thread in threads:
+                await run_in_threadpool(thread.join, 30)
 
     return lifespan
 
@@ -305,17 +352,19 @@ def _worker_lifespan(worker: Any) -> Any:
 @main.command()
 @click.pass_context
 def worker(ctx: click.Context) -> None:
-    """Run a worker alone; start any number of them against one PostgreSQL."""
+    """Run a worker and a dispatcher alone; start any number against one PostgreSQL."""
     import signal
 
     w = _worker(ctx)
-    stop = threading.Event()
+    stop, threads = _start(_dispatcher(ctx))
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     click.echo(f"worker {w.owner} started", err=True)
     try:
         w.run(stop)
     except KeyboardInterrupt:
         stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
 
 
 if __name__ == "__main__":  # pragma: no cover

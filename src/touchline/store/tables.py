@@ -228,11 +228,35 @@ outbox = Table(
     Column("category", String(16), nullable=False),
     Column("variant", String(64)),
     Column("payload", Json, nullable=False, default=dict),
+    # pending -> sending (leased) -> sent | failed | skipped; retries go back to pending
     Column("status", String(16), nullable=False, server_default="pending"),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("available_at", UTCDateTime(), nullable=False),
+    Column("attempts", SmallInteger, nullable=False, server_default="0"),
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("address", String(320)),
+    Column("rendered", Json),
+    Column("provider_id", String(200)),
+    Column("reason", String(200)),
+    Column("error", Text),
+    Column("sent_at", UTCDateTime()),
     Index("ix_outbox_status_available", "status", "available_at"),
     Index("ix_outbox_ws_profile", "workspace_id", "profile_id"),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("spec", Json, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("workspace_id", "key", name="uq_templates_ws_key"),
 )
 
 step_log = Table(
@@ -279,6 +303,7 @@ __all__ = [
     "listeners",
     "timers",
     "outbox",
+    "templates",
     "step_log",
     "conversions",
     "EVENT_PENDING",

@@ -258,8 +258,13 @@ async def outbox_index(
                     "template": r.template,
                     "purpose": r.purpose,
                     "status": r.status,
+                    "reason": r.reason,
+                    "address": r.address,
+                    "attempts": r.attempts,
                     "idempotency_key": r.idempotency_key,
                     "created_at": r.created_at.isoformat(),
+                    "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+                    "rendered": r.rendered,
                 }
                 for r in conn.execute(stmt)
             ]
