@@ -301,16 +301,32 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_worker: boo
 
 
 def _dispatcher(ctx: click.Context) -> Any:
-    """A dispatcher delivering through the capture channel (messages are kept, not sent)."""
+    """A dispatcher: email over SMTP when TOUCHLINE_SMTP_HOST is set; everything
+    else through the capture channel (messages are rendered and kept, not sent)."""
     from touchline.messaging.channels.capture import CaptureChannel
     from touchline.messaging.dispatcher import DEFAULT_CHANNEL, Dispatcher
 
     s = _settings(ctx)
+    channels: dict[str, Any] = {DEFAULT_CHANNEL: CaptureChannel()}
+    if s.smtp_host:
+        from touchline.messaging.channels.smtp import SmtpChannel, SmtpSettings
+
+        channels["email"] = SmtpChannel(
+            SmtpSettings(
+                host=s.smtp_host,
+                port=s.smtp_port,
+                from_address=s.smtp_from,
+                security=s.smtp_security,  # type: ignore[arg-type]
+                username=s.smtp_username,
+                password=s.smtp_password,
+            )
+        )
     return Dispatcher(
         _engine(ctx),
         clock=SystemClock(),
         owner=s.worker_id,
-        channels={DEFAULT_CHANNEL: CaptureChannel()},
+        channels=channels,
+        batch=s.claim_batch,
         lease_seconds=s.lease_seconds,
     )
 

@@ -61,6 +61,13 @@ class Settings:
     # Idle poll interval of the worker loop, in milliseconds.
     poll_ms: int = 200
     log_level: str = "INFO"
+    # Outgoing mail server; without a host, email is kept by the capture channel.
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_security: str = "starttls"  # none | starttls | tls
+    smtp_username: str | None = None
+    smtp_password: Secret | None = None
+    smtp_from: str = "touchline@localhost"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -79,6 +86,20 @@ class Settings:
             "poll_ms": _int(env, "TOUCHLINE_POLL_MS", 200),
             "log_level": env.get("TOUCHLINE_LOG_LEVEL", "INFO"),
         }
+        if env.get("TOUCHLINE_SMTP_HOST"):
+            security = env.get("TOUCHLINE_SMTP_SECURITY", "starttls")
+            if security not in ("none", "starttls", "tls"):
+                raise ConfigError("TOUCHLINE_SMTP_SECURITY must be none, starttls or tls")
+            kwargs.update(
+                smtp_host=env["TOUCHLINE_SMTP_HOST"],
+                smtp_port=_int(env, "TOUCHLINE_SMTP_PORT", 587),
+                smtp_security=security,
+                smtp_username=env.get("TOUCHLINE_SMTP_USERNAME") or None,
+                smtp_password=Secret(env["TOUCHLINE_SMTP_PASSWORD"])
+                if env.get("TOUCHLINE_SMTP_PASSWORD")
+                else None,
+                smtp_from=env.get("TOUCHLINE_SMTP_FROM", "touchline@localhost"),
+            )
         if env.get("TOUCHLINE_WORKER_ID"):
             kwargs["worker_id"] = env["TOUCHLINE_WORKER_ID"]
         if kwargs["lease_seconds"] <= 0:  # type: ignore[operator]

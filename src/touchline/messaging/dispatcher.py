@@ -105,27 +105,33 @@ class Dispatcher:
         if not ids:
             return 0
         prepared = await asyncio.to_thread(self.prepare, ids, now)
-        results: list[tuple[Prepared, SendResult | None, TouchlineError | None]] = []
+        settled = [item for item in prepared if item.message is None]
+        if settled:
+            await asyncio.to_thread(self.record, [(i, None, None) for i in settled], now)
         for item in prepared:
             if item.message is None:
-                results.append((item, None, None))
                 continue
-            channel = self.channels.get(item.channel) or self.channels.get(DEFAULT_CHANNEL)
-            if channel is None:
-                error = PermanentDeliveryError(
-                    f"no channel {item.channel!r} is configured", code="channel_not_configured"
-                )
-                results.append((item, None, error))
-                continue
-            try:
-                results.append((item, await channel.send(item.message), None))
-            except (TransientDeliveryError, PermanentDeliveryError) as exc:
-                results.append((item, None, exc))
-            except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the batch
-                log.exception("channel %s raised an untranslated error", item.channel)
-                results.append((item, None, TransientDeliveryError(f"{type(exc).__name__}: {exc}")))
-        await asyncio.to_thread(self.record, results, self.clock.now())
-        return len(results)
+            outcome = await self._send(item)
+            # Recorded at once, one message per transaction: the window in which a
+            # crash can repeat a send is this one message, never the whole batch.
+            await asyncio.to_thread(self.record, [(item, *outcome)], self.clock.now())
+        return len(prepared)
+
+    async def _send(self, item: Prepared) -> tuple[SendResult | None, TouchlineError | None]:
+        assert item.message is not None
+        channel = self.channels.get(item.channel) or self.channels.get(DEFAULT_CHANNEL)
+        if channel is None:
+            error = PermanentDeliveryError(
+                f"no channel {item.channel!r} is configured", code="channel_not_configured"
+            )
+            return None, error
+        try:
+            return await channel.send(item.message), None
+        except (TransientDeliveryError, PermanentDeliveryError) as exc:
+            return None, exc
+        except Exception as exc:  # noqa: BLE001 - an adapter bug must not lose the batch
+            log.exception("channel %s raised an untranslated error", item.channel)
+            return None, TransientDeliveryError(f"{type(exc).__name__}: {exc}")
 
     def claim(self, now: datetime) -> list[int]:
         free = or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now)
