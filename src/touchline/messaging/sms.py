@@ -56,7 +56,7 @@ UCS2_MULTI_PART = 67
 # GSM 03.38 default alphabet, positions 0x00-0x7F in order, eight per line.
 # 0x1B is the escape to the extension table and stands for no character here.
 _ESC = "\x1b"
-_BASIC_TABLE = (
+GSM_BASIC_TABLE = (
     "@£$¥èéùì"  # 0x00
     "òÇ\nØø\rÅå"  # 0x08
     "Δ_ΦΓΛΩΠΨ"  # 0x10
@@ -74,9 +74,9 @@ _BASIC_TABLE = (
     "pqrstuvw"  # 0x70
     "xyzäöñüà"  # 0x78
 )
-assert len(_BASIC_TABLE) == 128
+assert len(GSM_BASIC_TABLE) == 128
 
-GSM_BASIC = frozenset(_BASIC_TABLE) - {_ESC}
+GSM_BASIC = frozenset(GSM_BASIC_TABLE) - {_ESC}
 """Characters of the basic table: one septet each."""
 
 GSM_EXTENSION = frozenset("\f^{}\\[~]|€")
