@@ -1,0 +1,113 @@
+"""``python -m bench.run [--quick] [--store sqlite|postgresql|both]``: the benchmark report.
+
+Each row compares touchline with a baseline doing the same work in the same
+run (see :mod:`bench.ingest` and :mod:`bench.timers`), and prints the ratio
+touchline / baseline. The ratio, not the absolute rate, is what to compare
+between runs and machines. ``docs/benchmarks.md`` explains each row.
+
+``--profile DIR`` also runs touchline's side under cProfile, writes the
+``.prof`` files to DIR and prints the top functions; its rates are slowed by
+the profiler and say nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import pstats
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import ingest, timers
+from bench.common import STORES, Result, log, machine, render, workdir
+
+BENCHMARKS = ("ingest", "timers")
+# Functions shown per profile, by own time and by cumulative time.
+PROFILE_TOP = 25
+
+
+@dataclass(frozen=True)
+class Scale:
+    ingest_events: int
+    ingest_users: int
+    timers: int
+
+
+FULL = Scale(ingest_events=50_000, ingest_users=5_000, timers=100_000)
+# Small enough for a smoke run in under two minutes on two cores, both stores.
+QUICK = Scale(ingest_events=10_000, ingest_users=1_000, timers=20_000)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke run")
+    parser.add_argument("--store", choices=(*STORES, "both"), default="both")
+    parser.add_argument("--only", choices=BENCHMARKS, help="run one benchmark")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="profile touchline's side")
+    parser.add_argument(
+        "--no-analyze",
+        dest="analyze",
+        action="store_false",
+        help="ingest: skip PostgreSQL's ANALYZE after the identify phase (a store filled from empty)",
+    )
+    args = parser.parse_args(argv)
+
+    scale = QUICK if args.quick else FULL
+    stores = STORES if args.store == "both" else (args.store,)
+    chosen = (args.only,) if args.only else BENCHMARKS
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    facts = machine(stores)
+    facts.append(("workload", "quick" if args.quick else "full"))
+
+    results: list[Result] = []
+    with workdir() as folder:
+        for name in chosen:
+            for kind in stores:
+                prof = args.profile / f"{name}-{kind}" if args.profile else None
+                if name == "ingest":
+                    result = ingest.run(
+                        kind,
+                        folder,
+                        events_count=scale.ingest_events,
+                        users_count=scale.ingest_users,
+                        analyze=args.analyze,
+                        profile_to=prof,
+                    )
+                else:
+                    result = timers.run(
+                        kind,
+                        folder,
+                        count=scale.timers,
+                        profile_to=prof.with_suffix(".prof") if prof else None,
+                    )
+                log(f"{name}/{kind}: ratio {result.ratio:.3g}")
+                results.append(result)
+
+    title = "touchline benchmarks (ratio = touchline / baseline, same run; higher is better)"
+    if args.profile is not None:
+        title += "\nPROFILED RUN: rates are slowed by cProfile and not comparable"
+    if not args.analyze:
+        title += "\nNO ANALYZE: PostgreSQL planned the ingest store with empty-table statistics"
+    print(render(results, facts, title=title))
+    if args.profile is not None:
+        for path in sorted(args.profile.glob("*.prof")):
+            print(f"\n== {path.name} ==")
+            print(top_functions(path))
+    return 0
+
+
+def top_functions(path: Path) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.strip_dirs()
+    out.write("-- by own time --\n")
+    stats.sort_stats("tottime").print_stats(PROFILE_TOP)
+    out.write("-- by cumulative time --\n")
+    stats.sort_stats("cumulative").print_stats(PROFILE_TOP)
+    return out.getvalue()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
