@@ -14,6 +14,7 @@ it; when one fires, the engine is called again.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -366,8 +367,14 @@ class _Run:
         tz: str,
     ) -> None:
         self.spec = spec
-        self.instance = copy.deepcopy(instance)
-        self.profile = copy.deepcopy(profile)
+        # Only these parts are ever changed; copying them keeps the inputs untouched.
+        self.instance = dataclasses.replace(
+            instance,
+            trigger=dict(instance.trigger),
+            context=copy.deepcopy(instance.context),
+            visits=dict(instance.visits),
+        )
+        self.profile = dataclasses.replace(profile, traits=dict(profile.traits))
         self.event = event
         self.now = now
         self.tz = zone(profile.timezone, tz)

@@ -302,6 +302,7 @@ class Runtime:
         ws = inst_row.workspace_id
         common = {"workspace_id": ws, "instance_id": inst.id}
         logs: list[dict[str, Any]] = []
+        ending = any(isinstance(cmd, eng.End) for cmd in outcome.commands)
         for cmd in outcome.commands:
             if isinstance(cmd, eng.Send):
                 added = insert_ignore(
@@ -352,6 +353,8 @@ class Runtime:
                     )
                 )
             elif isinstance(cmd, eng.ClearWait):
+                if ending:
+                    continue  # End below deletes the same rows and more
                 conn.execute(delete(timers).where(timers.c.instance_id == inst.id))
                 conn.execute(
                     delete(listeners).where(
