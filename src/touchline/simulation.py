@@ -169,8 +169,8 @@ class Simulation:
     def _drain(
         self, on_message: Callable[[SimulatedMessage, Simulation], None] | None
     ) -> Iterator[SimulatedMessage]:
-        while self.worker.run_once(self.clock.now()):
-            pass
+        while self.worker.run_once(self.clock.now()) > 0:
+            continue
         for message in self._new_messages():
             if on_message:
                 on_message(message, self)

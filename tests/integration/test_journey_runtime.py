@@ -442,7 +442,11 @@ def test_journey_applied_paused_admits_customers_once_resumed(engine: Engine) ->
     shop.send(track("late", "Product Added", {"cart_id": "c1"}))
     # then
     with engine.connect() as conn:
-        entered = conn.execute(
-            select(profiles.c.user_id).join(instances, instances.c.profile_id == profiles.c.id)
-        ).scalars().all()
+        entered = (
+            conn.execute(
+                select(profiles.c.user_id).join(instances, instances.c.profile_id == profiles.c.id)
+            )
+            .scalars()
+            .all()
+        )
     assert entered == ["late"]

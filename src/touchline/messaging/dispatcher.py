@@ -246,11 +246,17 @@ class Dispatcher:
                     }
                     self.totals.sent += 1
                 elif isinstance(error, TransientDeliveryError):
-                    attempts = conn.execute(select(outbox.c.attempts).where(*mine)).scalar_one_or_none()
+                    attempts = conn.execute(
+                        select(outbox.c.attempts).where(*mine)
+                    ).scalar_one_or_none()
                     if attempts is None:
                         continue
                     if attempts >= MAX_SEND_ATTEMPTS:
-                        values = {"status": "failed", "reason": "retries_exhausted", "error": error.message}
+                        values = {
+                            "status": "failed",
+                            "reason": "retries_exhausted",
+                            "error": error.message,
+                        }
                         self.totals.failed += 1
                     else:
                         values = {

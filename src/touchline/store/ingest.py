@@ -58,7 +58,7 @@ from sqlalchemy import Connection, Engine, Table, bindparam, func, select, union
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from touchline.errors import InputError, NotFound
+from touchline.errors import InputError, NotFound, StoreError
 from touchline.ingest.segment import IncomingEvent
 from touchline.ingest.traits import NormalizedTraits, normalize_traits
 from touchline.store.db import transaction
@@ -220,7 +220,7 @@ class _Batch:
         self.now = now
         dialect = conn.dialect.name
         if dialect not in ("postgresql", "sqlite"):
-            raise NotImplementedError(f"ingest does not support the {dialect} dialect")
+            raise StoreError(f"touchline stores run on SQLite or PostgreSQL, not {dialect}")
         self._insert = pg_insert if dialect == "postgresql" else sqlite_insert
 
     def run(self, batch: Sequence[IncomingEvent]) -> IngestResult:

@@ -32,7 +32,9 @@ def apply_templates(
     for template in items:
         compile_template(template)  # raises TemplateError naming template, part and line
         data = template_data(template)
-        checksum = hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        checksum = hashlib.sha256(
+            json.dumps(data, sort_keys=True, ensure_ascii=False).encode()
+        ).hexdigest()
         row = conn.execute(
             select(templates.c.id, templates.c.checksum).where(
                 templates.c.workspace_id == workspace_id, templates.c.key == template.name
