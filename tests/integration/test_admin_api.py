@@ -521,3 +521,70 @@ def test_the_same_journey_key_is_independent_per_workspace(shop: Shop) -> None:
     assert shop.ok(shop.get("/journeys/abandoned-cart"))["version"] == 2
     b_detail = shop.ok(shop.get("/journeys/abandoned-cart", token=shop.b.admin_token))
     assert [v["version"] for v in b_detail["versions"]] == [1]
+
+
+# -- templates ----------------------------------------------------------------------
+
+WELCOME_TEMPLATE = """\
+template: welcome
+channel: email
+subject: "Добро пожаловать, {{ profile.first_name }}"
+text: "Рады знакомству!"
+defaults:
+  profile.first_name: друг
+"""
+
+
+def test_put_template_creates_then_updates_and_lists_it(shop: Shop) -> None:
+    """PUT stores a template, a changed source updates it, and GET lists and shows it."""
+    # given / when
+    first = shop.client.put(
+        "/admin/v1/templates/welcome",
+        json={"source": WELCOME_TEMPLATE},
+        headers=bearer(shop.a.admin_token),
+    )
+    again = shop.client.put(
+        "/admin/v1/templates/welcome",
+        json={"source": WELCOME_TEMPLATE.replace("Рады", "Очень рады")},
+        headers=bearer(shop.a.admin_token),
+    )
+    # then
+    assert shop.ok(first) == {"template": "welcome", "change": "created"}
+    assert shop.ok(again) == {"template": "welcome", "change": "updated"}
+    listed = shop.ok(shop.get("/templates"))["templates"]
+    assert [(t["template"], t["channel"]) for t in listed] == [("welcome", "email")]
+    assert shop.ok(shop.get("/templates/welcome"))["spec"]["text"] == "Очень рады знакомству!"
+
+
+def test_put_template_with_a_syntax_error_names_part_and_line(shop: Shop) -> None:
+    """A Jinja syntax error answers 400 naming the field and the template line; nothing is stored."""
+    # given
+    broken = WELCOME_TEMPLATE.replace("{{ profile.first_name }}", "{{ profile.first_name ")
+    # when
+    response = shop.client.put(
+        "/admin/v1/templates/welcome", json={"source": broken}, headers=bearer(shop.a.admin_token)
+    )
+    # then
+    message = assert_error(response, 400, "invalid_template")
+    assert "subject" in message and "welcome.yaml:3" in message
+    assert shop.ok(shop.get("/templates"))["templates"] == []
+
+
+def test_template_key_must_match_the_url_and_workspaces_are_separate(shop: Shop) -> None:
+    """The URL names the template; another workspace's token cannot read it."""
+    # given
+    shop.client.put(
+        "/admin/v1/templates/welcome",
+        json={"source": WELCOME_TEMPLATE},
+        headers=bearer(shop.a.admin_token),
+    )
+    # when
+    mismatch = shop.client.put(
+        "/admin/v1/templates/other",
+        json={"source": WELCOME_TEMPLATE},
+        headers=bearer(shop.a.admin_token),
+    )
+    foreign = shop.get("/templates/welcome", token=shop.b.admin_token)
+    # then
+    assert_error(mismatch, 400, "invalid_input")
+    assert_error(foreign, 404, "not_found")

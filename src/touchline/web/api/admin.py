@@ -13,12 +13,14 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine, func, select
 from starlette.concurrency import run_in_threadpool
 
-from touchline.errors import SpecError, SpecProblem
+from touchline.errors import InputError, NotFound, SpecError, SpecProblem
 from touchline.journeys.loader import LoadedJourney, load_journey_text
+from touchline.messaging.template_files import load_template_text
 from touchline.store.db import transaction
 from touchline.store.ingest import get_profile, list_events
 from touchline.store.journeys import apply_journeys, get_journey, list_journeys, set_status
-from touchline.store.tables import conversions, instances, journeys, outbox, step_log
+from touchline.store.tables import conversions, instances, journeys, outbox, step_log, templates
+from touchline.store.templates import apply_templates
 from touchline.store.workspaces import authenticate
 from touchline.web.api.ingest import key_from_authorization
 
@@ -196,6 +198,62 @@ async def _set_status(request: Request, workspace: str, key: str, status: str) -
 
     await run_in_threadpool(run)
     return {"journey": key, "status": status}
+
+
+class TemplateSource(BaseModel):
+    """One template file's YAML, e.g. ``{"source": "template: welcome\nchannel: email\n..."}``."""
+
+    source: Annotated[str, Field(min_length=1, max_length=MAX_FILE_CHARS)]
+
+
+@router.get("/templates")
+async def templates_index(request: Request, workspace: Workspace) -> dict[str, Any]:
+    def run() -> list[dict[str, Any]]:
+        with _engine(request).connect() as conn:
+            rows = conn.execute(
+                select(templates.c.key, templates.c.channel, templates.c.updated_at)
+                .where(templates.c.workspace_id == workspace)
+                .order_by(templates.c.key)
+            )
+            return [
+                {"template": r.key, "channel": r.channel, "updated_at": r.updated_at.isoformat()}
+                for r in rows
+            ]
+
+    return {"templates": await run_in_threadpool(run)}
+
+
+@router.get("/templates/{key}")
+async def template_detail(request: Request, key: str, workspace: Workspace) -> dict[str, Any]:
+    def run() -> dict[str, Any]:
+        with _engine(request).connect() as conn:
+            row = conn.execute(
+                select(templates).where(
+                    templates.c.workspace_id == workspace, templates.c.key == key
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no template {key!r} in this workspace")
+        return {"template": row.key, "channel": row.channel, "spec": row.spec}
+
+    return await run_in_threadpool(run)
+
+
+@router.put("/templates/{key}")
+async def put_template(
+    request: Request, key: str, body: TemplateSource, workspace: Workspace
+) -> dict[str, Any]:
+    """Create or replace one template; a syntax error answers 400 naming part and line."""
+    template = load_template_text(body.source, file=f"{key}.yaml")
+    if template.name != key:
+        raise InputError(f"the file's `template: {template.name}` does not match the URL's {key!r}")
+    now = request.app.state.clock.now()
+
+    def run() -> dict[str, str]:
+        with transaction(_engine(request)) as conn:
+            return apply_templates(conn, workspace, [template], now=now)[0]
+
+    return await run_in_threadpool(run)
 
 
 @router.get("/profiles/{ref:path}")
