@@ -517,3 +517,33 @@ def test_empty_call_stores_nothing(engine: Engine, ws: str) -> None:
     assert ingest(engine, ws, [], now=NOW).accepted == 0
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(events)).scalar() == 0
+
+
+def test_deadlock_victim_is_retried_from_the_start(engine: Engine) -> None:
+    """A transaction the store picks as a deadlock victim runs again; other errors do not."""
+    # given
+    from sqlalchemy.exc import OperationalError
+
+    from touchline.errors import StoreError
+    from touchline.store.db import run_in_transaction
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    calls: list[int] = []
+
+    def work(conn: object) -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("UPDATE ...", {}, Deadlock("deadlock detected"))
+        return "done"
+
+    def broken(conn: object) -> str:
+        raise OperationalError("UPDATE ...", {}, Exception("disk I/O error"))
+
+    # when
+    result = run_in_transaction(engine, work)
+    # then
+    assert (result, len(calls)) == ("done", 3)
+    with pytest.raises(StoreError):
+        run_in_transaction(engine, broken)

@@ -9,16 +9,17 @@ scale-out store; many processes share it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 
 from touchline.errors import StoreError
 
+T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
 # How long SQLite waits for the writer lock before reporting the store busy.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -85,6 +86,37 @@ def transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
     except OperationalError as exc:
         raise StoreError(f"the store refused the transaction: {exc.orig}") from exc
+
+
+# PostgreSQL's "deadlock detected" and "could not serialize": the transaction
+# was chosen as the victim and is safe to run again from the start.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+# How many times a retryable transaction is attempted in all.
+TRANSACTION_ATTEMPTS = 3
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is a deadlock or serialization failure."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        orig = getattr(seen, "orig", None)
+        if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def run_in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run ``work`` in :func:`transaction`, again from the start if the store
+    picked it as a deadlock victim (at most :data:`TRANSACTION_ATTEMPTS` times)."""
+    for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+        try:
+            with transaction(engine) as conn:
+                return work(conn)
+        except StoreError as exc:
+            if attempt == TRANSACTION_ATTEMPTS or not is_retryable(exc):
+                raise
+    raise AssertionError("unreachable")
 
 
 def migrate(engine: Engine) -> None:

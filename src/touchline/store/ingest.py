@@ -61,7 +61,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from touchline.errors import InputError, NotFound, StoreError
 from touchline.ingest.segment import IncomingEvent
 from touchline.ingest.traits import NormalizedTraits, normalize_traits
-from touchline.store.db import transaction
+from touchline.store.db import run_in_transaction
 from touchline.store.tables import (
     EVENT_PENDING,
     conversions,
@@ -113,8 +113,10 @@ def ingest(
     """
     if not events:
         return IngestResult(accepted=0, duplicates=0)
-    with transaction(engine) as conn:
-        return ingest_events(conn, workspace_id, events, now=now)
+    # A merge moves rows a worker may hold; on a deadlock the batch runs again.
+    return run_in_transaction(
+        engine, lambda conn: ingest_events(conn, workspace_id, events, now=now)
+    )
 
 
 def ingest_events(
