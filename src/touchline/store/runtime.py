@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, func, literal, select, update
+from sqlalchemy import Connection, bindparam, case, delete, func, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from touchline.journeys import engine as eng
@@ -57,11 +57,35 @@ class RunStats:
             self.skipped_entries[k] = self.skipped_entries.get(k, 0) + v
 
 
+_IGNORING: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+
+
 def insert_ignore(conn: Connection, table: Any, values: dict[str, Any], *, key: list[str]) -> int:
-    """INSERT that silently skips a row whose unique ``key`` already exists; returns rows added."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
-    return conn.execute(stmt).rowcount or 0
+    """INSERT that silently skips a row whose unique ``key`` already exists; returns rows added.
+
+    The statement is built once per (dialect, table, key) and the row passed as
+    parameters, so the hot path pays no statement construction.
+    """
+    cache_key = (conn.dialect.name, table.name, tuple(key))
+    stmt = _IGNORING.get(cache_key)
+    if stmt is None:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=key)
+        _IGNORING[cache_key] = stmt
+    return conn.execute(stmt, values).rowcount or 0
+
+
+# Hot-path statements built once; rows are passed as parameters.
+_INSERT_TIMER = timers.insert()
+_INSERT_LISTENER = listeners.insert()
+_INSERT_STEP_LOG = step_log.insert()
+_PROFILE = select(profiles).where(profiles.c.id == bindparam("pid"))
+_PROFILE_FOR_UPDATE = _PROFILE.with_for_update()
+_INSTANCE = (
+    select(instances, journeys.c.key)
+    .join(journeys, journeys.c.id == instances.c.journey_id)
+    .where(instances.c.id == bindparam("iid"))
+)
 
 
 class Runtime:
@@ -86,10 +110,8 @@ class Runtime:
         return tz
 
     def load_profile(self, conn: Connection, profile_id: int, *, lock: bool) -> eng.ProfileView:
-        stmt = select(profiles).where(profiles.c.id == profile_id)
-        if lock and conn.dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).one()
+        locking = lock and conn.dialect.name == "postgresql"
+        row = conn.execute(_PROFILE_FOR_UPDATE if locking else _PROFILE, {"pid": profile_id}).one()
         traits = dict(row.traits or {})
         for name in KNOWN_TRAITS:
             value = getattr(row, name)
@@ -100,11 +122,7 @@ class Runtime:
     def load_instance(
         self, conn: Connection, instance_id: int
     ) -> tuple[eng.InstanceState, Any] | None:
-        row = conn.execute(
-            select(instances, journeys.c.key)
-            .join(journeys, journeys.c.id == instances.c.journey_id)
-            .where(instances.c.id == instance_id)
-        ).first()
+        row = conn.execute(_INSTANCE, {"iid": instance_id}).first()
         if row is None:
             return None
         state = row.state or {}
@@ -330,27 +348,29 @@ class Runtime:
                 stats.sends += added
             elif isinstance(cmd, eng.ScheduleTimer):
                 conn.execute(
-                    timers.insert().values(
+                    _INSERT_TIMER,
+                    {
                         **common,
-                        profile_id=inst.profile_id,
-                        step_id=cmd.step_id,
-                        kind=cmd.kind,
-                        due_at=cmd.due_at,
-                        attempts=0,
-                    )
+                        "profile_id": inst.profile_id,
+                        "step_id": cmd.step_id,
+                        "kind": cmd.kind,
+                        "due_at": cmd.due_at,
+                        "attempts": 0,
+                    },
                 )
                 stats.timers += 1
             elif isinstance(cmd, eng.Listen):
                 conn.execute(
-                    listeners.insert().values(
+                    _INSERT_LISTENER,
+                    {
                         **common,
-                        profile_id=inst.profile_id,
-                        event_name=cmd.event_name,
-                        kind=cmd.kind,
-                        step_id=cmd.step_id,
-                        match_value=cmd.match_value,
-                        expires_at=cmd.expires_at,
-                    )
+                        "profile_id": inst.profile_id,
+                        "event_name": cmd.event_name,
+                        "kind": cmd.kind,
+                        "step_id": cmd.step_id,
+                        "match_value": cmd.match_value,
+                        "expires_at": cmd.expires_at,
+                    },
                 )
             elif isinstance(cmd, eng.ClearWait):
                 if ending:
@@ -406,7 +426,7 @@ class Runtime:
                 else:
                     stats.completed += 1
         if logs:
-            conn.execute(step_log.insert(), logs)
+            conn.execute(_INSERT_STEP_LOG, logs)
         conn.execute(
             update(instances)
             .where(instances.c.id == inst.id)
