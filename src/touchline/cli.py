@@ -183,6 +183,94 @@ def schema() -> None:
     click.echo(json.dumps(journey_json_schema(), indent=2, ensure_ascii=False))
 
 
+@main.command()
+@click.argument("template")
+@click.option("--profile", "profile_ref", required=True, help="user id, or #internal-id")
+@click.option("--workspace", envvar="TOUCHLINE_WORKSPACE", help="workspace id")
+@click.option(
+    "--event",
+    "event_file",
+    type=click.File("r", encoding="utf-8"),
+    help="JSON file of a Segment event to render as the trigger (default: the customer's latest)",
+)
+@click.option(
+    "--price-per-part", default="0", show_default=True, help="SMS price of one part, for the cost"
+)
+@click.pass_context
+def preview(
+    ctx: click.Context,
+    template: str,
+    profile_ref: str,
+    workspace: str | None,
+    event_file: Any,
+    price_per_part: str,
+) -> None:
+    """Render TEMPLATE for one customer, as they would receive it; SMS shows encoding and parts."""
+    from decimal import Decimal, InvalidOperation
+
+    from sqlalchemy import select
+
+    from touchline.messaging import sms
+    from touchline.messaging.dispatcher import profile_scope
+    from touchline.messaging.templates import RenderContext
+    from touchline.store.ingest import get_profile
+    from touchline.store.tables import events, profiles
+    from touchline.store.templates import TemplateCache
+
+    try:
+        price = Decimal(price_per_part)
+    except InvalidOperation:
+        raise click.BadParameter("not a number", param_hint="--price-per-part") from None
+    ws = _workspace(ctx, workspace)
+    try:
+        with _engine(ctx).connect() as conn:
+            found = get_profile(conn, ws, profile_ref)
+            row = conn.execute(select(profiles).where(profiles.c.id == found["id"])).one()
+            if event_file is not None:
+                event = json.load(event_file)
+            else:
+                last = conn.execute(
+                    select(events.c.name, events.c.properties, events.c.timestamp)
+                    .where(events.c.profile_id == row.id, events.c.type == "track")
+                    .order_by(events.c.id.desc())
+                    .limit(1)
+                ).first()
+                event = (
+                    {
+                        "name": last.name,
+                        "properties": last.properties,
+                        "timestamp": last.timestamp.isoformat(),
+                    }
+                    if last
+                    else {}
+                )
+            compiled = TemplateCache().get(conn, ws, template)
+        rendered = compiled.render(
+            RenderContext(
+                profile=profile_scope(row),
+                now=SystemClock().now(),
+                event=event,
+                locale=(row.locale or "ru_RU").replace("-", "_"),
+                timezone=row.timezone,
+            )
+        )
+    except TouchlineError as exc:
+        raise click.ClickException(exc.message) from None
+    channel = compiled.template.channel
+    click.echo(f"template: {template} ({channel})")
+    if rendered.subject:
+        click.echo(f"subject:  {rendered.subject}")
+    click.echo("")
+    click.echo(rendered.text or "")
+    if channel == "sms":
+        info = sms.analyse(rendered.text or "")
+        click.echo("")
+        click.echo(
+            f"encoding: {info.encoding}, characters: {info.characters}, "
+            f"parts: {info.parts}, cost: {sms.cost(info, price_per_part=price)}"
+        )
+
+
 # -- simulation ------------------------------------------------------------------
 
 

@@ -173,7 +173,7 @@ class Dispatcher:
 
     def _prepare_one(self, conn: Any, row: Any, now: datetime) -> Prepared:
         profile = conn.execute(select(profiles).where(profiles.c.id == row.profile_id)).one()
-        scope = _profile_scope(profile)
+        scope = profile_scope(profile)
         field = ADDRESS_FIELDS.get(row.channel)
         address = scope.get(field) if field else (profile.user_id or f"#{profile.id}")
         if not address:
@@ -300,7 +300,8 @@ class Dispatcher:
                 await channel.aclose()
 
 
-def _profile_scope(row: Any) -> dict[str, Any]:
+def profile_scope(row: Any) -> dict[str, Any]:
+    """A profile row as templates see it: custom traits plus the known columns."""
     scope = dict(row.traits or {})
     for name in ("email", "phone", "timezone", "locale", "first_name", "last_name", "birthday"):
         value = getattr(row, name)
