@@ -32,6 +32,7 @@ values is null; comparisons of incompatible values are false; and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import operator
@@ -232,10 +233,8 @@ def _f_number(x: Any) -> Any:
         return x
     if not isinstance(x, str) or len(x) > 100:
         return None
-    try:
+    with contextlib.suppress(ValueError):
         return int(x)
-    except ValueError:
-        pass
     try:
         f = float(x)
     except ValueError:

@@ -72,7 +72,7 @@ MAX_DEPTH = 64
 DOCUMENT_FIELD = "(document)"
 """The ``field`` of problems about the file as a whole (syntax, size, empty)."""
 
-JOURNEY_SUFFIXES = (".yaml", ".yml")
+YAML_SUFFIXES = (".yaml", ".yml")
 
 Path_ = tuple[str | int, ...]
 
@@ -519,21 +519,26 @@ def _load_file(path: Path) -> tuple[LoadedJourney, dict[Path_, int]]:
     return LoadedJourney(name, spec, text), lines
 
 
-def journey_files(path: str | Path) -> list[Path]:
-    """The journey files of a folder, sorted by name.
+def pack_files(path: str | Path, *, folder: str) -> list[Path]:
+    """The YAML files of one kind in a pack, sorted by name.
 
-    ``DIR/journeys/*.yaml|*.yml`` if that folder exists, else ``DIR/*.yaml|*.yml``;
+    ``DIR/<folder>/*.yaml|*.yml`` if that folder exists, else ``DIR/*.yaml|*.yml``;
     names starting with ``_`` (drafts, shared snippets) or ``.`` (editor files)
     are skipped. Subfolders are not searched.
     """
-    folder = Path(path)
-    if (folder / "journeys").is_dir():
-        folder = folder / "journeys"
+    base = Path(path)
+    if (base / folder).is_dir():
+        base = base / folder
     return sorted(
         p
-        for p in folder.iterdir()
-        if p.suffix in JOURNEY_SUFFIXES and p.is_file() and not p.name.startswith(("_", "."))
+        for p in base.iterdir()
+        if p.suffix in YAML_SUFFIXES and p.is_file() and not p.name.startswith(("_", "."))
     )
+
+
+def journey_files(path: str | Path) -> list[Path]:
+    """The journey files of a pack (:func:`pack_files` with ``journeys/``)."""
+    return pack_files(path, folder="journeys")
 
 
 def load_journey_dir(path: str | Path) -> list[LoadedJourney]:

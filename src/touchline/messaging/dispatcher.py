@@ -28,7 +28,7 @@ import random
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, or_, select, update
@@ -38,6 +38,7 @@ from touchline.errors import PermanentDeliveryError, TouchlineError, TransientDe
 from touchline.messaging.channels.base import Channel, OutgoingMessage, SendResult
 from touchline.messaging.templates import RenderContext, RenderError
 from touchline.store.db import transaction
+from touchline.store.runtime import profile_traits
 from touchline.store.tables import instances, journeys, outbox, profiles
 from touchline.store.templates import TemplateCache
 
@@ -302,11 +303,7 @@ class Dispatcher:
 
 def profile_scope(row: Any) -> dict[str, Any]:
     """A profile row as templates see it: custom traits plus the known columns."""
-    scope = dict(row.traits or {})
-    for name in ("email", "phone", "timezone", "locale", "first_name", "last_name", "birthday"):
-        value = getattr(row, name)
-        if value is not None:
-            scope[name] = value.isoformat() if isinstance(value, date) else value
+    scope = profile_traits(row)
     scope["user_id"] = row.user_id
     return scope
 

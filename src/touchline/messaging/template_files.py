@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from touchline.errors import SpecError, SpecProblem
-from touchline.journeys.loader import DOCUMENT_FIELD, MAX_DOCUMENT_BYTES
+from touchline.journeys.loader import DOCUMENT_FIELD, MAX_DOCUMENT_BYTES, pack_files
 
 # The loader's reader keeps the line of every key; it is private there, shared here on purpose.
 from touchline.journeys.loader import line_of as _line_of
@@ -48,7 +48,6 @@ FIELDS = ("template", "channel", "subject", "html", "text", "defaults", "utm")
 TEMPLATE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
 CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 UTM_NAMES = ("source", "medium", "campaign", "content", "term")
-TEMPLATE_SUFFIXES = (".yaml", ".yml")
 
 _Lines = dict[tuple[str | int, ...], int]
 _Problem = Callable[..., None]
@@ -234,16 +233,9 @@ def _load_file(path: Path) -> tuple[Template, _Lines]:
 
 
 def template_files(path: str | Path) -> list[Path]:
-    """The template files of a pack: ``DIR/templates/*.yaml|*.yml`` if that folder exists,
-    else ``DIR/*.yaml|*.yml``; names starting with ``_`` or ``.`` are skipped."""
-    folder = Path(path)
-    if (folder / "templates").is_dir():
-        folder = folder / "templates"
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if p.suffix in TEMPLATE_SUFFIXES and p.is_file() and not p.name.startswith(("_", "."))
-    )
+    """The template files of a pack (:func:`~touchline.journeys.loader.pack_files`
+    with ``templates/``)."""
+    return pack_files(path, folder="templates")
 
 
 def load_template_dir(path: str | Path) -> list[Template]:

@@ -34,6 +34,16 @@ from touchline.store.tables import (
 KNOWN_TRAITS = ("email", "phone", "timezone", "locale", "first_name", "last_name", "birthday")
 
 
+def profile_traits(row: Any) -> dict[str, Any]:
+    """Every trait of a ``profiles`` row: the custom ones, then the known columns set."""
+    traits = dict(row.traits or {})
+    for name in KNOWN_TRAITS:
+        value = getattr(row, name)
+        if value is not None:
+            traits[name] = value.isoformat() if isinstance(value, date) else value
+    return traits
+
+
 @dataclass
 class RunStats:
     """What one batch of work did; summed by the worker for logs and metrics."""
@@ -112,12 +122,9 @@ class Runtime:
     def load_profile(self, conn: Connection, profile_id: int, *, lock: bool) -> eng.ProfileView:
         locking = lock and conn.dialect.name == "postgresql"
         row = conn.execute(_PROFILE_FOR_UPDATE if locking else _PROFILE, {"pid": profile_id}).one()
-        traits = dict(row.traits or {})
-        for name in KNOWN_TRAITS:
-            value = getattr(row, name)
-            if value is not None:
-                traits[name] = value.isoformat() if isinstance(value, date) else value
-        return eng.ProfileView(id=row.id, user_id=row.user_id, timezone=row.timezone, traits=traits)
+        return eng.ProfileView(
+            id=row.id, user_id=row.user_id, timezone=row.timezone, traits=profile_traits(row)
+        )
 
     def load_instance(
         self, conn: Connection, instance_id: int
