@@ -45,6 +45,10 @@ workspaces = Table(
     Column("name", String(200), nullable=False),
     Column("timezone", String(64), nullable=False, server_default="UTC"),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Caps, quiet hours, channel providers, sender names: see messaging.settings.
+    Column("settings", Json),
+    # Signs unsubscribe and preference links; never shown by the API.
+    Column("link_secret", String(64)),
 )
 
 api_keys = Table(
@@ -241,8 +245,15 @@ outbox = Table(
     Column("reason", String(200)),
     Column("error", Text),
     Column("sent_at", UTCDateTime()),
+    # The last delivery rule that held the message back (quiet hours, a cap), if any.
+    Column("deferred_reason", String(200)),
+    Column("deferrals", SmallInteger, nullable=False, server_default="0"),
+    # What the provider reported later: delivered | undelivered | bounced | complained.
+    Column("delivery_status", String(16)),
+    Column("delivery_at", UTCDateTime()),
     Index("ix_outbox_status_available", "status", "available_at"),
     Index("ix_outbox_ws_profile", "workspace_id", "profile_id"),
+    Index("ix_outbox_provider_id", "provider_id"),
 )
 
 templates = Table(
@@ -290,6 +301,93 @@ conversions = Table(
     Index("ix_conversions_profile", "profile_id"),
 )
 
+consents = Table(
+    "consents",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("purpose", String(16), nullable=False),  # marketing
+    Column("topic", String(64)),  # None: the whole channel; else a journey category
+    Column("granted", Boolean, nullable=False),
+    Column("confirmed", Boolean, nullable=False),  # False: a grant awaiting double opt-in
+    Column("at", UTCDateTime(), nullable=False),
+    Column("source", String(500), nullable=False),
+    Column("text_version", String(200)),
+    Column("address", String(320)),
+    Column("ip", String(64)),
+    Column("user_agent", String(500)),
+    Index("ix_consents_ws_profile", "workspace_id", "profile_id", "at"),
+)
+
+suppressions = Table(
+    "suppressions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("channel", String(64), nullable=False),
+    Column("address", String(320), nullable=False),  # stripped and case-folded
+    Column("reason", String(16), nullable=False),  # hard_bounce | complaint | unsubscribe | stop_reply
+    Column("profile_id", BigId),
+    Column("detail", Text),
+    Column("at", UTCDateTime(), nullable=False),
+    UniqueConstraint("workspace_id", "channel", "address", "reason"),
+)
+
+promo_pools = Table(
+    "promo_pools",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("valid_from", UTCDateTime()),
+    Column("valid_until", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("workspace_id", "key"),
+)
+
+promo_codes = Table(
+    "promo_codes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("pool_id", BigId, nullable=False),
+    Column("code", String(64), nullable=False),
+    Column("profile_id", BigId),  # None until issued
+    Column("offer_key", String(200)),  # what it was issued for: one code per offer
+    Column("issued_at", UTCDateTime()),
+    Column("redeemed_at", UTCDateTime()),
+    Column("redeemed_event_id", BigId),
+    UniqueConstraint("workspace_id", "code"),
+    UniqueConstraint("pool_id", "offer_key"),
+    Index("ix_promo_codes_pool_profile", "pool_id", "profile_id"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("profile_id", BigId, nullable=False),
+    Column("journey_id", BigId),
+    Column("instance_id", BigId),
+    Column("reason", String(200), nullable=False),
+    Column("script", Text, nullable=False),
+    Column("priority", SmallInteger, nullable=False, server_default="0"),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("status", String(12), nullable=False),  # open | claimed | closed
+    Column("assignee", String(200)),
+    Column("claimed_at", UTCDateTime()),
+    Column("outcome", String(32)),  # reached | no_answer | call_back | sold | ...
+    Column("note", Text),
+    Column("closed_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_tasks_ws_status_due", "workspace_id", "status", "priority", "due_at"),
+)
+
 __all__ = [
     "metadata",
     "workspaces",
@@ -306,6 +404,11 @@ __all__ = [
     "templates",
     "step_log",
     "conversions",
+    "consents",
+    "suppressions",
+    "promo_pools",
+    "promo_codes",
+    "tasks",
     "EVENT_PENDING",
     "EVENT_DONE",
     "EVENT_FAILED",
