@@ -68,6 +68,8 @@ class Settings:
     smtp_username: str | None = None
     smtp_password: Secret | None = None
     smtp_from: str = "touchline@localhost"
+    # Where customers reach this server: unsubscribe, preference and confirmation links.
+    public_url: str = "http://127.0.0.1:8000"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -81,6 +83,7 @@ class Settings:
             "database_url": url,
             "host": host,
             "port": port,
+            "public_url": (env.get("TOUCHLINE_PUBLIC_URL") or f"http://{host}:{port}").rstrip("/"),
             "lease_seconds": _int(env, "TOUCHLINE_LEASE_SECONDS", 60),
             "claim_batch": _int(env, "TOUCHLINE_CLAIM_BATCH", 200),
             "poll_ms": _int(env, "TOUCHLINE_POLL_MS", 200),

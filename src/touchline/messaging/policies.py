@@ -62,6 +62,7 @@ class ConsentRecord:
     ip: str | None = None
     user_agent: str | None = None
     confirmed: bool = True  # False: a grant awaiting double opt-in, which does not count yet
+    topic: str | None = None  # None: the whole channel; else one topic (a journey category)
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,7 @@ class Candidate:
     timezone: str | None = None
     cap_exempt: bool = False
     when_capped: Literal["skip", "defer"] = "skip"
+    topic: str | None = None  # the customer may opt out of one topic and keep the channel
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,18 @@ def decide(
         granted, record = consent_state(consents, channel=candidate.channel, purpose=MARKETING)
         if not granted:
             return _no_consent(candidate.channel, record)
+        if candidate.topic is not None:
+            held, topic_record = consent_state(
+                consents, channel=candidate.channel, purpose=MARKETING, topic=candidate.topic
+            )
+            if not held and topic_record is not None and not topic_record.granted:
+                return Decision(
+                    "skip",
+                    "topic_withdrawn",
+                    None,
+                    f"the customer opted out of {candidate.topic} on {candidate.channel} at "
+                    f"{topic_record.at.isoformat()} ({topic_record.source})",
+                )
 
     tz = zone(candidate.timezone, policy.default_timezone)
     if not transactional and not candidate.cap_exempt:
@@ -273,9 +287,12 @@ def decide(
 
 
 def consent_state(
-    consents: Iterable[ConsentRecord], *, channel: str, purpose: str
+    consents: Iterable[ConsentRecord], *, channel: str, purpose: str, topic: str | None = None
 ) -> tuple[bool, ConsentRecord | None]:
-    """Whether consent for (channel, purpose) holds, and the record that decides it.
+    """Whether consent for (channel, purpose, topic) holds, and the record that decides it.
+
+    ``topic=None`` reads the channel-wide records only; a topic reads that
+    topic's records only (opting out of one topic keeps the channel).
 
     The latest counting record wins (ties: the later in ``consents``). Grants
     with ``confirmed=False`` never count, so a pending re-subscription neither
@@ -285,7 +302,7 @@ def consent_state(
     latest: ConsentRecord | None = None
     pending: ConsentRecord | None = None
     for record in consents:
-        if record.channel != channel or record.purpose != purpose:
+        if record.channel != channel or record.purpose != purpose or record.topic != topic:
             continue
         if record.granted and not record.confirmed:
             if pending is None or record.at >= pending.at:

@@ -328,7 +328,9 @@ suppressions = Table(
     Column("workspace_id", String(WS), nullable=False),
     Column("channel", String(64), nullable=False),
     Column("address", String(320), nullable=False),  # stripped and case-folded
-    Column("reason", String(16), nullable=False),  # hard_bounce | complaint | unsubscribe | stop_reply
+    Column(
+        "reason", String(16), nullable=False
+    ),  # hard_bounce | complaint | unsubscribe | stop_reply
     Column("profile_id", BigId),
     Column("detail", Text),
     Column("at", UTCDateTime(), nullable=False),

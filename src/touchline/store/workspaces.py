@@ -125,11 +125,47 @@ def create_workspace(
     workspace_id = "ws_" + "".join(secrets.choice(_SLUG_ALPHABET) for _ in range(_SLUG_LENGTH))
     with _connection(engine_or_conn) as conn:
         conn.execute(
-            insert(workspaces).values(id=workspace_id, name=name, timezone=timezone, created_at=now)
+            insert(workspaces).values(
+                id=workspace_id,
+                name=name,
+                timezone=timezone,
+                created_at=now,
+                settings={},
+                link_secret=secrets.token_hex(32),
+            )
         )
         write = create_key(conn, workspace_id, "write", now=now)
         admin = create_key(conn, workspace_id, "admin", now=now)
     return CreatedWorkspace(id=workspace_id, name=name, write_key=write.key, admin_token=admin.key)
+
+
+def link_secret(conn: Connection, workspace_id: str) -> bytes:
+    """The key that signs the workspace's customer links, made on first use if missing."""
+    secret = conn.execute(
+        select(workspaces.c.link_secret).where(workspaces.c.id == workspace_id)
+    ).scalar_one_or_none()
+    if secret is None:
+        exists = conn.execute(select(workspaces.c.id).where(workspaces.c.id == workspace_id))
+        if exists.first() is None:
+            raise NotFound(f"no workspace {workspace_id!r}")
+        fresh = secrets.token_hex(32)
+        conn.execute(
+            update(workspaces)
+            .where(workspaces.c.id == workspace_id, workspaces.c.link_secret.is_(None))
+            .values(link_secret=fresh)
+        )
+        secret = conn.execute(
+            select(workspaces.c.link_secret).where(workspaces.c.id == workspace_id)
+        ).scalar_one()
+    return bytes.fromhex(secret)
+
+
+def workspace_settings(conn: Connection, workspace_id: str) -> dict[str, object]:
+    """The workspace's settings document (``{}`` when none was saved)."""
+    value = conn.execute(
+        select(workspaces.c.settings).where(workspaces.c.id == workspace_id)
+    ).scalar_one_or_none()
+    return dict(value or {})
 
 
 def create_key(conn: Connection, workspace_id: str, kind: KeyKind, *, now: datetime) -> CreatedKey:
@@ -267,6 +303,8 @@ __all__ = [
     "CreatedKey",
     "CreatedWorkspace",
     "KeyCache",
+    "link_secret",
+    "workspace_settings",
     "KeyKind",
     "authenticate",
     "create_key",

@@ -1,0 +1,326 @@
+"""The consent ledger and the suppression list, as stored.
+
+The ledger is append-only: a grant, a withdrawal or a confirmation is a new
+row, never an update, so the history proves what the customer agreed to,
+when, where (source, IP, user agent) and to which wording (``text_version``).
+Whether consent holds *now* is decided by :func:`touchline.messaging.policies.consent_state`
+over these rows.
+
+Suppressions are keyed by address, not by profile: an address that bounced
+hard or complained stays blocked whichever profile it turns up on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, or_, select
+
+from touchline.errors import InputError
+from touchline.messaging.policies import MARKETING, ConsentRecord, Suppression, consent_state
+from touchline.store.runtime import insert_ignore
+from touchline.store.tables import consents, suppressions
+
+SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "stop_reply")
+#: Channels a customer can subscribe to; a grant for any other name is refused.
+CONSENT_CHANNELS = frozenset({"email", "sms", "telegram", "push", "whatsapp", "viber", "call"})
+#: Longest text kept for provenance fields; longer values are cut, not refused.
+_SOURCE_MAX, _AGENT_MAX = 500, 500
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a consent change came from: enough to prove it later."""
+
+    source: str
+    ip: str | None = None
+    user_agent: str | None = None
+    text_version: str | None = None
+
+
+def record_consent(
+    conn: Connection,
+    *,
+    workspace_id: str,
+    profile_id: int,
+    channel: str,
+    granted: bool,
+    at: datetime,
+    provenance: Provenance,
+    topic: str | None = None,
+    confirmed: bool = True,
+    address: str | None = None,
+) -> int:
+    """Append one row to the ledger and return its id."""
+    if channel not in CONSENT_CHANNELS:
+        raise InputError(
+            f"channel: {channel!r} takes no consent; use one of {sorted(CONSENT_CHANNELS)}"
+        )
+    if not provenance.source:
+        raise InputError("source: a consent change must say where it came from")
+    row = {
+        "workspace_id": workspace_id,
+        "profile_id": profile_id,
+        "channel": channel,
+        "purpose": MARKETING,
+        "topic": topic,
+        "granted": granted,
+        "confirmed": confirmed or not granted,
+        "at": at,
+        "source": provenance.source[:_SOURCE_MAX],
+        "text_version": provenance.text_version,
+        "address": address,
+        "ip": provenance.ip,
+        "user_agent": (provenance.user_agent or None) and provenance.user_agent[:_AGENT_MAX],
+    }
+    key = conn.execute(insert(consents).values(**row)).inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def load_consents(conn: Connection, workspace_id: str, profile_id: int) -> list[ConsentRecord]:
+    """Every ledger row of one customer, oldest first, as the policies read them."""
+    rows = conn.execute(
+        select(consents)
+        .where(consents.c.workspace_id == workspace_id, consents.c.profile_id == profile_id)
+        .order_by(consents.c.at, consents.c.id)
+    ).all()
+    return [
+        ConsentRecord(
+            channel=r.channel,
+            purpose=r.purpose,
+            granted=r.granted,
+            at=r.at,
+            source=r.source,
+            text_version=r.text_version,
+            ip=r.ip,
+            user_agent=r.user_agent,
+            confirmed=r.confirmed,
+            topic=r.topic,
+        )
+        for r in rows
+    ]
+
+
+def confirm_pending(
+    conn: Connection,
+    *,
+    workspace_id: str,
+    profile_id: int,
+    channel: str,
+    at: datetime,
+    provenance: Provenance,
+) -> bool:
+    """Confirm a double opt-in: append a confirmed grant if one is pending.
+
+    Returns ``False`` (and writes nothing) when there is nothing to confirm,
+    so a confirmation link clicked twice records one confirmation.
+    """
+    records = load_consents(conn, workspace_id, profile_id)
+    granted, record = consent_state(records, channel=channel, purpose=MARKETING)
+    if granted or record is None or not record.granted or record.confirmed:
+        return False
+    pending = record
+    record_consent(
+        conn,
+        workspace_id=workspace_id,
+        profile_id=profile_id,
+        channel=channel,
+        granted=True,
+        at=at,
+        provenance=Provenance(
+            source=provenance.source,
+            ip=provenance.ip,
+            user_agent=provenance.user_agent,
+            text_version=provenance.text_version or pending.text_version,
+        ),
+    )
+    return True
+
+
+def ledger(conn: Connection, workspace_id: str, profile_id: int) -> list[dict[str, Any]]:
+    """The customer's ledger as plain rows for export (JSON or CSV), oldest first."""
+    rows = conn.execute(
+        select(consents)
+        .where(consents.c.workspace_id == workspace_id, consents.c.profile_id == profile_id)
+        .order_by(consents.c.at, consents.c.id)
+    ).all()
+    return [
+        {
+            "id": r.id,
+            "at": r.at.isoformat(),
+            "channel": r.channel,
+            "purpose": r.purpose,
+            "topic": r.topic,
+            "granted": r.granted,
+            "confirmed": r.confirmed,
+            "source": r.source,
+            "text_version": r.text_version,
+            "address": r.address,
+            "ip": r.ip,
+            "user_agent": r.user_agent,
+        }
+        for r in rows
+    ]
+
+
+LEDGER_FIELDS = (
+    "id",
+    "at",
+    "channel",
+    "purpose",
+    "topic",
+    "granted",
+    "confirmed",
+    "source",
+    "text_version",
+    "address",
+    "ip",
+    "user_agent",
+)
+
+
+def normal_address(address: str) -> str:
+    """How suppressions compare addresses: stripped and case-folded."""
+    return address.strip().casefold()
+
+
+def suppress(
+    conn: Connection,
+    *,
+    workspace_id: str,
+    channel: str,
+    address: str,
+    reason: str,
+    at: datetime,
+    profile_id: int | None = None,
+    detail: str | None = None,
+) -> bool:
+    """Add an address to the suppression list; ``False`` if it was already there for ``reason``."""
+    if reason not in SUPPRESSION_REASONS:
+        raise InputError(f"reason: {reason!r} is not one of {list(SUPPRESSION_REASONS)}")
+    address = normal_address(address)
+    if not address:
+        raise InputError("address: required")
+    added = insert_ignore(
+        conn,
+        suppressions,
+        {
+            "workspace_id": workspace_id,
+            "channel": channel,
+            "address": address,
+            "reason": reason,
+            "profile_id": profile_id,
+            "detail": detail,
+            "at": at,
+        },
+        key=["workspace_id", "channel", "address", "reason"],
+    )
+    return added > 0
+
+
+def load_suppressions(
+    conn: Connection, workspace_id: str, pairs: Sequence[tuple[str, str]]
+) -> list[Suppression]:
+    """Suppressions matching any of the (channel, address) pairs."""
+    if not pairs:
+        return []
+    match = or_(
+        *(
+            and_(suppressions.c.channel == channel, suppressions.c.address == normal_address(a))
+            for channel, a in pairs
+        )
+    )
+    rows = conn.execute(
+        select(suppressions).where(suppressions.c.workspace_id == workspace_id, match)
+    ).all()
+    return [Suppression(r.channel, r.address, r.reason, r.at) for r in rows]
+
+
+def list_suppressions(
+    conn: Connection, workspace_id: str, *, channel: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The newest suppressions of a workspace, for the admin API."""
+    stmt = select(suppressions).where(suppressions.c.workspace_id == workspace_id)
+    if channel:
+        stmt = stmt.where(suppressions.c.channel == channel)
+    rows = conn.execute(stmt.order_by(suppressions.c.at.desc()).limit(limit)).all()
+    return [
+        {
+            "channel": r.channel,
+            "address": r.address,
+            "reason": r.reason,
+            "profile_id": r.profile_id,
+            "detail": r.detail,
+            "at": r.at.isoformat(),
+        }
+        for r in rows
+    ]
+
+
+def unsubscribe(
+    conn: Connection,
+    *,
+    workspace_id: str,
+    profile_id: int,
+    channel: str,
+    address: str | None,
+    at: datetime,
+    provenance: Provenance,
+    topic: str | None = None,
+) -> bool:
+    """Withdraw marketing consent (for a channel, or one topic of it). Idempotent.
+
+    A channel-wide unsubscribe also suppresses the address, so the same address
+    on another profile is not mailed either. Returns ``False`` when the
+    customer was already unsubscribed (nothing is written then).
+    """
+    records = load_consents(conn, workspace_id, profile_id)
+    granted, latest = consent_state(records, channel=channel, purpose=MARKETING, topic=topic)
+    already = latest is not None and not latest.granted
+    if topic is None and address:
+        suppressed = suppress(
+            conn,
+            workspace_id=workspace_id,
+            channel=channel,
+            address=address,
+            reason="unsubscribe",
+            at=at,
+            profile_id=profile_id,
+            detail=provenance.source,
+        )
+        already = already and not suppressed
+    if already:
+        return False
+    record_consent(
+        conn,
+        workspace_id=workspace_id,
+        profile_id=profile_id,
+        channel=channel,
+        granted=False,
+        at=at,
+        provenance=provenance,
+        topic=topic,
+        address=address,
+    )
+    return True
+
+
+__all__ = [
+    "CONSENT_CHANNELS",
+    "LEDGER_FIELDS",
+    "Provenance",
+    "SUPPRESSION_REASONS",
+    "confirm_pending",
+    "ledger",
+    "list_suppressions",
+    "load_consents",
+    "load_suppressions",
+    "normal_address",
+    "record_consent",
+    "suppress",
+    "unsubscribe",
+]
