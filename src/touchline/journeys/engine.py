@@ -126,6 +126,7 @@ class Send:
     idempotency_key: str
     variant: str | None
     when_capped: str
+    cap_exempt: bool = False
 
 
 @dataclass(frozen=True)
@@ -525,6 +526,7 @@ class _Run:
                 idempotency_key=f"{inst.id}:{step_id}:{visit}",
                 variant=variant,
                 when_capped=send.when_capped,
+                cap_exempt=self.spec.cap_exempt,
             )
         )
 

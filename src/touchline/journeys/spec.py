@@ -188,6 +188,10 @@ class JourneySpec(_Model):
     description: str | None = None
     category: Category = Category.engaging
     status: Literal["active", "paused"] = "active"
+    cap_exempt: bool = Field(
+        default=False,
+        description="marketing sends of this journey ignore the workspace's frequency caps",
+    )
     trigger: Trigger
     entry: Entry = Field(default_factory=Entry)
     exit_on: list[EventMatch] = Field(default_factory=list)

@@ -345,7 +345,7 @@ class Runtime:
                         "purpose": cmd.purpose,
                         "category": cmd.category,
                         "variant": cmd.variant,
-                        "payload": {"when_capped": cmd.when_capped},
+                        "payload": {"when_capped": cmd.when_capped, "cap_exempt": cmd.cap_exempt},
                         "status": "pending",
                         "created_at": now,
                         "available_at": now,
