@@ -212,6 +212,7 @@ def preview(
 
     from touchline.messaging import sms
     from touchline.messaging.dispatcher import profile_scope
+    from touchline.messaging.links import links_for_message
     from touchline.messaging.templates import RenderContext
     from touchline.store.ingest import get_profile
     from touchline.store.tables import events, profiles
@@ -245,6 +246,15 @@ def preview(
                     else {}
                 )
             compiled = TemplateCache().get(conn, ws, template)
+            links = links_for_message(
+                conn,
+                public_url=_settings(ctx).public_url,
+                workspace_id=ws,
+                profile_id=row.id,
+                channel=compiled.template.channel,
+                message_id=None,
+                now=SystemClock().now(),
+            )
         rendered = compiled.render(
             RenderContext(
                 profile=profile_scope(row),
@@ -252,6 +262,7 @@ def preview(
                 event=event,
                 locale=(row.locale or "ru_RU").replace("-", "_"),
                 timezone=row.timezone,
+                links=links,
             )
         )
     except TouchlineError as exc:
@@ -268,6 +279,126 @@ def preview(
         click.echo(
             f"encoding: {info.encoding}, characters: {info.characters}, "
             f"parts: {info.parts}, cost: {sms.cost(info, price_per_part=price)}"
+        )
+
+
+# -- promo codes -----------------------------------------------------------------
+
+
+@main.group()
+def promo() -> None:
+    """Promo code pools: create them, fill them, watch them."""
+
+
+def _promo_run(ctx: click.Context, work: Any) -> Any:
+    """Run ``work(conn)`` in one write transaction; touchline errors become `Error: ...`."""
+    from touchline.store.db import transaction
+
+    try:
+        with transaction(_engine(ctx)) as conn:
+            return work(conn)
+    except TouchlineError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@promo.command("create")
+@click.argument("key")
+@click.option("--name", default="", help="what the pool is for (default: the key)")
+@click.option("--valid-from", type=click.DateTime(), help="codes are issued from then (UTC)")
+@click.option("--valid-until", type=click.DateTime(), help="codes are issued until then (UTC)")
+@click.option("--workspace", envvar="TOUCHLINE_WORKSPACE", help="workspace id")
+@click.pass_context
+def promo_create(
+    ctx: click.Context,
+    key: str,
+    name: str,
+    valid_from: datetime | None,
+    valid_until: datetime | None,
+    workspace: str | None,
+) -> None:
+    """Create the empty promo pool KEY; templates take codes with promo_code("KEY")."""
+    from touchline.store.promo import create_pool
+
+    ws = _workspace(ctx, workspace)
+    now = SystemClock().now()
+    pool = _promo_run(
+        ctx,
+        lambda conn: create_pool(
+            conn, ws, key=key, name=name, valid_from=valid_from, valid_until=valid_until, now=now
+        ),
+    )
+    click.echo(f"promo pool {pool.key} created")
+
+
+@promo.command("import")
+@click.argument("pool")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--workspace", envvar="TOUCHLINE_WORKSPACE", help="workspace id")
+@click.pass_context
+def promo_import(ctx: click.Context, pool: str, file: Any, workspace: str | None) -> None:
+    """Add the codes in FILE to POOL: a CSV (its `code` column, else the first) or one a line."""
+    from touchline.store.promo import import_codes, parse_codes_csv
+
+    ws = _workspace(ctx, workspace)
+    codes = parse_codes_csv(file.read())
+    result = _promo_run(ctx, lambda conn: import_codes(conn, ws, pool, codes))
+    click.echo(f"{result.added} added, {result.duplicates} duplicates, {result.invalid} invalid")
+    for sample in result.invalid_samples:
+        click.echo(f"  invalid: {sample!r}", err=True)
+
+
+@promo.command("generate")
+@click.argument("pool")
+@click.option("--count", type=click.IntRange(min=1), required=True, help="codes to make")
+@click.option("--prefix", default="", help="fixed start of every code, e.g. CART-")
+@click.option("--length", type=int, help="random symbols after the prefix (default 11)")
+@click.option(
+    "--out", type=click.File("w", encoding="utf-8"), default="-", help="file for the codes"
+)
+@click.option("--workspace", envvar="TOUCHLINE_WORKSPACE", help="workspace id")
+@click.pass_context
+def promo_generate(
+    ctx: click.Context,
+    pool: str,
+    count: int,
+    prefix: str,
+    length: int | None,
+    out: Any,
+    workspace: str | None,
+) -> None:
+    """Make COUNT new codes in POOL and print them, one a line, for the shop's checkout."""
+    from touchline.store.promo import DEFAULT_LENGTH, generate_codes
+
+    ws = _workspace(ctx, workspace)
+    size = length or DEFAULT_LENGTH
+    codes = _promo_run(
+        ctx, lambda conn: generate_codes(conn, ws, pool, count=count, prefix=prefix, length=size)
+    )
+    for code in codes:
+        out.write(code + "\n")
+    click.echo(f"{len(codes)} codes generated in {pool}", err=True)
+
+
+@promo.command("list")
+@click.option("--workspace", envvar="TOUCHLINE_WORKSPACE", help="workspace id")
+@click.pass_context
+def promo_list(ctx: click.Context, workspace: str | None) -> None:
+    """Every promo pool: validity, codes in all, issued, redeemed and left."""
+    from touchline.store.promo import pool_stats
+
+    ws = _workspace(ctx, workspace)
+    with _engine(ctx).connect() as conn:
+        pools = pool_stats(conn, ws, now=SystemClock().now())
+    if not pools:
+        click.echo("no promo pools yet: run `touchline promo create KEY`")
+        return
+    click.echo(
+        f"{'POOL':<20} {'STATUS':<9} {'TOTAL':>8} {'ISSUED':>8} {'REDEEMED':>8} {'LEFT':>8}  UNTIL"
+    )
+    for p in pools:
+        click.echo(
+            f"{p['key']:<20} {p['status']:<9} {p['total']:>8} {p['issued']:>8} "
+            f"{p['redeemed']:>8} {p['left']:>8}  {p['valid_until'] or '-'}"
         )
 
 
@@ -292,10 +423,24 @@ def _parse_time(value: str | None) -> datetime | None:
 @click.option("--events", "events_file", required=True, type=click.File("r", encoding="utf-8"))
 @click.option("--until", help="keep the virtual clock running up to this ISO-8601 time")
 @click.option("--timezone", default="UTC", show_default=True, help="workspace time zone")
-def simulate(journeys_dir: str, events_file: Any, until: str | None, timezone: str) -> None:
+@click.option(
+    "--settings",
+    "settings_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="workspace settings (YAML or JSON: caps, quiet_hours, double_opt_in...) to simulate with",
+)
+def simulate(
+    journeys_dir: str,
+    events_file: Any,
+    until: str | None,
+    timezone: str,
+    settings_file: str | None,
+) -> None:
     """Replay Segment-format events (NDJSON) through the journeys on a virtual clock.
 
-    Prints one JSON object per message that would be sent; nothing is delivered.
+    Prints one JSON object per message with its ``outcome`` under the delivery
+    rules (sent, deferred or skipped), the ``reason`` and ``at``, the time it
+    would really go out. Nothing is delivered.
     """
     from touchline.journeys.localtime import zone
     from touchline.simulation import Simulation, event_time, read_ndjson
@@ -311,8 +456,9 @@ def simulate(journeys_dir: str, events_file: Any, until: str | None, timezone: s
         raise click.ClickException("the events file holds no events")
     times = [event_time(r) for r in raws]
     end = _parse_time(until) or (max(times) + SIMULATE_TAIL)
+    settings = _settings_file(settings_file) if settings_file else None
     counts: dict[tuple[str, str], int] = {}
-    with Simulation(loaded, start=min(times), timezone=timezone) as sim:
+    with Simulation(loaded, start=min(times), timezone=timezone, settings=settings) as sim:
         sim.add_all(raws)
         try:
             for message in sim.run(until=end):
@@ -330,6 +476,36 @@ def simulate(journeys_dir: str, events_file: Any, until: str | None, timezone: s
     )
     for (journey_key, channel), n in sorted(counts.items()):
         click.echo(f"  {journey_key} / {channel}: {n}", err=True)
+    outcomes = sim.outcomes
+    held = ", ".join(
+        f"{rule}: {n}"
+        for rule, n in sorted(outcomes.items())
+        if ":" in rule or rule not in ("sent", "deferred")
+    )
+    click.echo(
+        f"delivery rules: {outcomes['sent']} sent at once, {outcomes['deferred']} deferred"
+        + (f"; {held}" if held else ""),
+        err=True,
+    )
+
+
+def _settings_file(path: str) -> dict[str, Any]:
+    """Workspace settings from a YAML/JSON file, checked as the admin API checks them."""
+    from touchline.journeys.loader import read_yaml
+    from touchline.messaging.settings import WorkspaceSettings
+
+    try:
+        data, _, problems = read_yaml(Path(path).read_text(encoding="utf-8"), file=path)
+        if problems:
+            raise SpecError(problems)
+        if not isinstance(data, dict):
+            raise InputError("workspace settings must be a mapping")
+        WorkspaceSettings.parse(data)
+    except SpecError as exc:
+        raise click.ClickException(str(exc)) from None
+    except InputError as exc:
+        raise click.ClickException(f"{path}: {exc.message}") from None
+    return data
 
 
 @main.command()
@@ -389,13 +565,18 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_worker: boo
 
 
 def _dispatcher(ctx: click.Context) -> Any:
-    """A dispatcher: email over SMTP when TOUCHLINE_SMTP_HOST is set; everything
-    else through the capture channel (messages are rendered and kept, not sent)."""
+    """A dispatcher: email over SMTP when TOUCHLINE_SMTP_HOST is set, call-centre
+    tasks into the operator queue; everything else through the capture channel
+    (messages are rendered and kept, not sent)."""
+    from touchline.messaging.channels.callcentre import CallCentreChannel
     from touchline.messaging.channels.capture import CaptureChannel
     from touchline.messaging.dispatcher import DEFAULT_CHANNEL, Dispatcher
 
     s = _settings(ctx)
-    channels: dict[str, Any] = {DEFAULT_CHANNEL: CaptureChannel()}
+    channels: dict[str, Any] = {
+        DEFAULT_CHANNEL: CaptureChannel(),
+        "call": CallCentreChannel(_engine(ctx), clock=SystemClock()),
+    }
     if s.smtp_host:
         from touchline.messaging.channels.smtp import SmtpChannel, SmtpSettings
 
@@ -409,11 +590,18 @@ def _dispatcher(ctx: click.Context) -> Any:
                 password=s.smtp_password,
             )
         )
+    from touchline.messaging.registry import ChannelRegistry
+
+    registry = ChannelRegistry(
+        _engine(ctx), defaults=channels, clock=SystemClock(), public_url=s.public_url
+    )
     return Dispatcher(
         _engine(ctx),
         clock=SystemClock(),
         owner=s.worker_id,
         channels=channels,
+        registry=registry,
+        public_url=s.public_url,
         batch=s.claim_batch,
         lease_seconds=s.lease_seconds,
     )

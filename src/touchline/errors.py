@@ -7,6 +7,7 @@
     ├── InputError                  a caller sent something we refuse (HTTP 4xx)
     │   ├── AuthError               missing or wrong key / token (401)
     │   ├── NotFound                no such object in this workspace (404)
+    │   ├── Conflict                the object's state forbids the change, e.g. taken (409)
     │   └── PayloadTooLarge         over a size limit (400)
     ├── SpecError                   a journey file is invalid; carries every problem found
     ├── ConditionError              a condition expression does not parse or type-check
@@ -54,6 +55,13 @@ class AuthError(InputError):
 class NotFound(InputError):
     code = "not_found"
     status = 404
+
+
+class Conflict(InputError):
+    """The request is well formed but the object's current state refuses it."""
+
+    code = "conflict"
+    status = 409
 
 
 class PayloadTooLarge(InputError):

@@ -4,8 +4,12 @@ A :class:`Simulation` owns a throw-away SQLite store with one workspace and
 the journeys under test. Events (Segment-format dicts with a ``timestamp``)
 are fed in time order; before each one, every timer due earlier fires at
 its own due time, so "wait 1 hour, unless an order came first" plays out
-exactly as it would live. Nothing is delivered: the messages journeys
-record in the outbox are read back and reported.
+exactly as it would live. Nothing is delivered, but every message the
+journeys record is judged by the same delivery rules the dispatcher applies
+(consent, suppression, frequency caps, quiet hours in the customer's zone) at
+the moment it was recorded. A message the rules defer is judged again when
+the rule lets go, so ``at`` is when it would really go out; a message sent in
+the future counts toward the caps of later ones, as it would live.
 
 The same class runs ``touchline simulate`` and ``touchline demo``; the demo
 passes ``on_message`` to let synthetic customers react to what they get.
@@ -18,25 +22,31 @@ import itertools
 import json
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from touchline.clock import utc
 from touchline.errors import InputError
 from touchline.ingest.segment import parse_payload
 from touchline.journeys.loader import LoadedJourney
+from touchline.messaging.policies import Decision
+from touchline.messaging.rules import ADDRESS_FIELDS, PolicyCache, address_of, apply_verdict, judge
 from touchline.store.db import make_engine, migrate, transaction
 from touchline.store.ingest import ingest
 from touchline.store.journeys import apply_journeys
-from touchline.store.tables import journeys, outbox, profiles
+from touchline.store.tables import journeys, outbox, profiles, workspaces
 from touchline.store.workspaces import create_workspace
 from touchline.testing import FrozenClock
 from touchline.worker.loop import Worker
+
+#: A message deferred this many times in a row is reported skipped (a policy loop).
+MAX_DEFERRALS = 16
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class SimulatedMessage:
     step: str
     channel: str
     template: str
+    outcome: str = "sent"  # sent | deferred | skipped
+    reason: str = "ok"  # the rule that deferred or skipped it, e.g. quiet_hours
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -75,6 +87,7 @@ class Simulation:
         start: datetime,
         timezone: str = "UTC",
         workdir: Path | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self._owned_dir = workdir is None
         self.workdir = (
@@ -89,6 +102,12 @@ class Simulation:
         self.workspace_id = created.id
         with transaction(self.engine) as conn:
             apply_journeys(conn, self.workspace_id, journeys_, now=start)
+            if settings:
+                conn.execute(
+                    update(workspaces)
+                    .where(workspaces.c.id == self.workspace_id)
+                    .values(settings=dict(settings))
+                )
         self.worker = Worker(
             self.engine, clock=self.clock, owner="simulation", batch=500, event_time_as_now=True
         )
@@ -96,6 +115,9 @@ class Simulation:
         self._seq = itertools.count()
         self._last_outbox_id = 0
         self.events_ingested = 0
+        self.policies = PolicyCache(ttl=0.0)
+        #: Messages by outcome; skips by the rule that stopped them, deferrals also by rule.
+        self.outcomes: Counter[str] = Counter()
 
     # -- feeding ----------------------------------------------------------------------
 
@@ -177,35 +199,69 @@ class Simulation:
             yield message
 
     def _new_messages(self) -> list[SimulatedMessage]:
-        with self.engine.connect() as conn:
+        out: list[SimulatedMessage] = []
+        with transaction(self.engine) as conn:
             rows = conn.execute(
-                select(
-                    outbox.c.id,
-                    outbox.c.created_at,
-                    outbox.c.step_id,
-                    outbox.c.channel,
-                    outbox.c.template,
-                    journeys.c.key,
-                    profiles.c.user_id,
-                )
+                select(outbox, journeys.c.key.label("journey_key"))
                 .join(journeys, journeys.c.id == outbox.c.journey_id)
-                .join(profiles, profiles.c.id == outbox.c.profile_id)
                 .where(outbox.c.id > self._last_outbox_id)
                 .order_by(outbox.c.id)
             ).all()
+            for row in rows:
+                profile = conn.execute(
+                    select(profiles).where(profiles.c.id == row.profile_id)
+                ).one()
+                at, outcome, reason = self._judge(conn, row, profile)
+                out.append(
+                    SimulatedMessage(
+                        at=at.isoformat().replace("+00:00", "Z"),
+                        user_id=profile.user_id,
+                        journey=row.journey_key,
+                        step=row.step_id,
+                        channel=row.channel,
+                        template=row.template,
+                        outcome=outcome,
+                        reason=reason,
+                    )
+                )
+                self.outcomes[outcome if outcome != "skipped" else reason] += 1
+                if outcome == "deferred":
+                    self.outcomes[f"deferred:{reason}"] += 1
         if rows:
             self._last_outbox_id = rows[-1].id
-        return [
-            SimulatedMessage(
-                at=r.created_at.isoformat().replace("+00:00", "Z"),
-                user_id=r.user_id,
-                journey=r.key,
-                step=r.step_id,
-                channel=r.channel,
-                template=r.template,
-            )
-            for r in rows
-        ]
+        return out
+
+    def _judge(self, conn: Any, row: Any, profile: Any) -> tuple[datetime, str, str]:
+        """Apply the delivery rules to one new message: (when it goes, outcome, reason)."""
+        at = row.created_at
+        first_reason: str | None = None
+        policy = self.policies.get(conn, row.workspace_id)
+        for _ in range(MAX_DEFERRALS):
+            if not address_of(row.channel, profile):
+                decision = Decision("skip", f"no_{ADDRESS_FIELDS.get(row.channel, 'user_id')}")
+            else:
+                decision = judge(
+                    conn, row, profile, journey_key=row.journey_key, policy=policy, now=at
+                )
+            if decision.outcome == "skip":
+                apply_verdict(conn, row.id, decision, now=at, owner=None)
+                return at, "skipped", decision.reason
+            if decision.outcome == "send":
+                conn.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row.id)
+                    .values(
+                        status="sent", sent_at=at, reason="simulated", deferred_reason=first_reason
+                    )
+                )
+                if first_reason is None:
+                    return at, "sent", "ok"
+                return at, "deferred", first_reason
+            assert decision.not_before is not None
+            first_reason = first_reason or decision.reason
+            at = decision.not_before
+        apply_verdict(conn, row.id, Decision("skip", "deferred_too_often"), now=at, owner=None)
+        return at, "skipped", "deferred_too_often"
 
     def close(self) -> None:
         self.engine.dispose()

@@ -125,7 +125,7 @@ def test_message_is_rendered_sent_and_recorded(engine: Engine) -> None:
         ws,
         clock,
         worker,
-        identify("u1", email="Anna@Example.ru", firstName="Анна"),
+        identify("u1", email="Anna@Example.ru", consent={"email": True}, firstName="Анна"),
         track("u1", "Order Completed", {"order_id": "A-7", "revenue": 1990}),
     )
     capture = CaptureChannel()
@@ -170,8 +170,8 @@ def test_broken_template_fails_that_message_and_the_dispatcher_goes_on(engine: E
         ws,
         clock,
         worker,
-        identify("u1", email="a@example.ru"),
-        identify("u2", email="b@example.ru"),
+        identify("u1", email="a@example.ru", consent={"email": True}),
+        identify("u2", email="b@example.ru", consent={"email": True}),
         track("u1", "Order Completed", {"order_id": "1", "revenue": 100}),
         track("u2", "Order Completed", {"order_id": "2"}),
     )
@@ -193,7 +193,7 @@ def test_transient_failure_retries_with_backoff_then_sends(engine: Engine) -> No
         ws,
         clock,
         worker,
-        identify("u1", email="a@example.ru"),
+        identify("u1", email="a@example.ru", consent={"email": True}),
         track("u1", "Order Completed", {"order_id": "1", "revenue": 100}),
     )
     flaky = Flaky(failures=2)
@@ -225,7 +225,7 @@ def test_permanent_failure_fails_at_once_with_the_providers_code(engine: Engine)
         ws,
         clock,
         worker,
-        identify("u1", email="a@example.ru"),
+        identify("u1", email="a@example.ru", consent={"email": True}),
         track("u1", "Order Completed", {"order_id": "1", "revenue": 100}),
     )
     d = Dispatcher(engine, clock=clock, owner="d1", channels={"email": Refusing()})
@@ -245,7 +245,7 @@ def test_dispatcher_that_lost_its_lease_cannot_record(engine: Engine) -> None:
         ws,
         clock,
         worker,
-        identify("u1", email="a@example.ru"),
+        identify("u1", email="a@example.ru", consent={"email": True}),
         track("u1", "Order Completed", {"order_id": "1", "revenue": 100}),
     )
     slow = Dispatcher(

@@ -25,6 +25,7 @@ from touchline.store.tables import conversions, events, instances, journeys, out
 SECTIONS = (
     "Customers per journey",
     "Messages per journey and channel",
+    "Delivery rules",
     "Exits",
     "Goals",
     "A/B tests",
@@ -76,6 +77,8 @@ class DemoReport:
     journeys: list[JourneyFigures] = field(default_factory=list)
     # (journey, channel, template, count)
     messages: list[tuple[str, str, str, int]] = field(default_factory=list)
+    # (outcome, channel, rule, count): what consent, caps, quiet hours... did
+    rules: list[tuple[str, str, str, int]] = field(default_factory=list)
     # (journey, status, reason, count)
     exits: list[tuple[str, str, str, int]] = field(default_factory=list)
     variants: list[VariantFigures] = field(default_factory=list)
@@ -163,6 +166,7 @@ def collect(engine: Engine, report: DemoReport) -> DemoReport:
                 .order_by(outbox.c.journey_id, outbox.c.channel, outbox.c.template)
             )
         ]
+        report.rules = _rules(conn)
         report.exits = [
             (names[r.journey_id], r.status, r.exit_reason or "", r.n)
             for r in conn.execute(
@@ -187,6 +191,23 @@ def collect(engine: Engine, report: DemoReport) -> DemoReport:
             )
         ]
     return report
+
+
+def _rules(conn: Connection) -> list[tuple[str, str, str, int]]:
+    """Messages the delivery rules skipped or deferred, by rule; the rest went out at once."""
+    skipped = conn.execute(
+        select(outbox.c.channel, outbox.c.reason, func.count())
+        .where(outbox.c.status == "skipped")
+        .group_by(outbox.c.channel, outbox.c.reason)
+    ).all()
+    deferred = conn.execute(
+        select(outbox.c.channel, outbox.c.deferred_reason, func.count())
+        .where(outbox.c.deferred_reason.is_not(None))
+        .group_by(outbox.c.channel, outbox.c.deferred_reason)
+    ).all()
+    rows = [("skipped", c, r or "", n) for c, r, n in skipped]
+    rows += [("deferred", c, r or "", n) for c, r, n in deferred]
+    return sorted(rows, key=lambda row: (row[0] != "skipped", -row[3], row[1], row[2]))
 
 
 def _variants(conn: Connection, names: dict[int, str]) -> list[VariantFigures]:
@@ -287,13 +308,23 @@ def render(report: DemoReport, out: TextIO) -> None:
         t.add_row(journey, channel, template, str(n))
     console.print(t)
 
-    heading(SECTIONS[2], "(how entries ended; the rest are still inside)")
+    held = sum(n for *_, n in report.rules)
+    heading(SECTIONS[2], f"({held} messages skipped or deferred by consent, caps, quiet hours...)")
+    if report.rules:
+        t = table("<outcome", "<channel", "<rule", "messages")
+        for outcome, channel, rule, n in report.rules:
+            t.add_row(outcome, channel, rule, str(n))
+        console.print(t)
+    else:
+        console.print("every message went out as soon as it was recorded")
+
+    heading(SECTIONS[3], "(how entries ended; the rest are still inside)")
     t = table("<journey", "<status", "<reason", "entries")
     for journey, status, reason, n in report.exits:
         t.add_row(journey, status, reason, str(n))
     console.print(t)
 
-    heading(SECTIONS[3], "(conversions within each journey's goal window)")
+    heading(SECTIONS[4], "(conversions within each journey's goal window)")
     t = table("<journey", "goal reached", "of entries", "revenue")
     for j in report.journeys:
         if j.conversions or j.category != "transactional":
@@ -304,7 +335,7 @@ def render(report: DemoReport, out: TextIO) -> None:
     t.add_row("all journeys", str(total_conv), "", rub(total_rev))
     console.print(t)
 
-    heading(SECTIONS[4], "(split steps: who got which variant and what it earned)")
+    heading(SECTIONS[5], "(split steps: who got which variant and what it earned)")
     if report.variants:
         t = table("<journey / step", "<variant", "entries", "messages", "goal reached", "revenue")
         for v in report.variants:
@@ -316,13 +347,13 @@ def render(report: DemoReport, out: TextIO) -> None:
         console.print("no customer reached a split step")
 
     answers = f"{report.reactions} of them customers answering messages"
-    heading(SECTIONS[5], f"({report.events_total} in all; {answers})")
+    heading(SECTIONS[6], f"({report.events_total} in all; {answers})")
     t = table("<event", "count")
     for name, n in report.events:
         t.add_row(name, str(n))
     console.print(t)
 
-    heading(SECTIONS[6])
+    heading(SECTIONS[7])
     work = report.events_total + report.timers
     rate = work / report.simulate_seconds if report.simulate_seconds else 0.0
     console.print(

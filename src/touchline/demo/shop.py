@@ -66,6 +66,8 @@ while the order of events within each visit is kept."""
 # (2,000 customers, four weeks) replays in about a minute on two cores.
 ANONYMOUS_FIRST = 0.35  # visitors who browse before they register
 PHONE_SHARE = 0.75  # customers who give a mobile number
+EMAIL_CONSENT_SHARE = 0.8  # tick "send me news and offers" when they sign up
+SMS_CONSENT_SHARE = 0.55  # of those with a phone, agree to promotional SMS
 SESSIONS_PER_DAY = 0.22  # the most active customers' sessions per day
 FIRST_SESSION_AT_SIGNUP = 0.3  # customers who look around right after signing up
 FAVOURITE_CATEGORY = 0.65  # sessions spent in the customer's favourite category
@@ -103,6 +105,8 @@ class Customer:
     signup_at: datetime
     activity: float  # sessions per day
     favourite: str  # category
+    email_consent: bool = True
+    sms_consent: bool = False
 
     def traits(self) -> dict[str, Any]:
         traits: dict[str, Any] = {
@@ -113,8 +117,11 @@ class Customer:
             "locale": "ru-RU",
             "birthday": self.birthday.isoformat(),
         }
+        consent: dict[str, Any] = {"email": {"granted": self.email_consent, "text": "signup-v1"}}
         if self.phone:
             traits["phone"] = self.phone
+            consent["sms"] = {"granted": self.sms_consent, "text": "signup-v1"}
+        traits["consent"] = consent
         return traits
 
 
@@ -174,6 +181,8 @@ class MessageLike(Protocol):
     def step(self) -> str: ...
     @property
     def template(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
 
 
 def iso(at: datetime) -> str:
@@ -232,6 +241,7 @@ class Shop:
     # -- people ----------------------------------------------------------------------
 
     def _customer(self, rng: random.Random, index: int) -> Customer:
+        consent = random.Random(f"{self.seed}:consent:{index}")
         female = rng.random() < 0.55
         first = rng.choice(FEMALE_NAMES if female else MALE_NAMES)
         last = rng.choice(SURNAMES)[1 if female else 0]
@@ -260,6 +270,9 @@ class Shop:
             signup_at=signup_at,
             activity=SESSIONS_PER_DAY * rng.random() ** 2,  # most customers are occasional
             favourite=rng.choice(CATEGORIES),
+            # A separate stream, so consent does not reshuffle everything else.
+            email_consent=consent.random() < EMAIL_CONSENT_SHARE,
+            sms_consent=consent.random() < SMS_CONSENT_SHARE,
         )
 
     def _local_moment(self, rng: random.Random, day: date, tz: str) -> datetime:
@@ -517,7 +530,7 @@ class Shop:
         """
         reaction = REACTIONS.get(message.template)
         customer = self._by_user.get(message.user_id or "")
-        if reaction is None or customer is None:
+        if reaction is None or customer is None or message.outcome == "skipped":
             return []
         key = f"{self.seed}:{message.user_id}:{message.journey}:{message.step}:{message.at}"
         rng = random.Random(key)

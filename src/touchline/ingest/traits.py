@@ -52,6 +52,8 @@ MAX_EMAIL_LENGTH = 254  # RFC 5321 path limit
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 _LOCALE = re.compile(r"^([A-Za-z]{2,3})(?:[-_]([A-Za-z]{4}))?(?:[-_]([A-Za-z]{2}|[0-9]{3}))?$")
 _DATE_PREFIX = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:[T ].*)?$")
+#: The identify trait that carries consent changes (see store.consent.consent_from_identify).
+CONSENT_TRAIT = "consent"
 _NAME_KEYS = ("firstName", "first_name", "lastName", "last_name", "name")
 
 
@@ -100,6 +102,8 @@ def normalize_traits(
     for key, value in traits.items():
         key = str(key)
         if key in _NAME_KEYS or key in ("email", "phone", "timezone", "locale", "birthday"):
+            continue
+        if key == CONSENT_TRAIT:  # goes to the consent ledger, not the profile
             continue
         custom[key] = json_safe(value)
 

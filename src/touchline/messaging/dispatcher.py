@@ -1,4 +1,11 @@
-"""The dispatcher: claims outbox rows, renders them, hands them to a channel, records the result.
+"""The dispatcher: claims outbox rows, applies the delivery rules, renders, sends, records.
+
+A round has four steps: **claim** leases due rows; **judge** applies the
+delivery rules (:mod:`touchline.messaging.rules`: suppression, consent, caps,
+quiet hours) in one write transaction, settling skips and deferrals with
+their reasons and marking the rest ``sending``; **prepare** renders those;
+**send** hands each to its channel and records the result in its own
+transaction.
 
 Claiming works like the engine's (see :mod:`touchline.worker.claims`): a short
 transaction stamps a lease on up to N due rows, and every later write is
@@ -26,8 +33,9 @@ import asyncio
 import logging
 import random
 import threading
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,8 +44,22 @@ from sqlalchemy import Engine, or_, select, update
 from touchline.clock import Clock
 from touchline.errors import PermanentDeliveryError, TouchlineError, TransientDeliveryError
 from touchline.messaging.channels.base import Channel, OutgoingMessage, SendResult
+from touchline.messaging.links import links_for_message
+from touchline.messaging.phone import INVALID_NUMBER
+from touchline.messaging.policies import Decision
+from touchline.messaging.registry import ChannelRegistry
+from touchline.messaging.rules import (
+    ADDRESS_FIELDS,
+    PolicyCache,
+    address_of,
+    apply_verdict,
+    judge,
+    lock_customer,
+)
 from touchline.messaging.templates import RenderContext, RenderError
+from touchline.store.consent import suppress
 from touchline.store.db import transaction
+from touchline.store.promo import promo_provider
 from touchline.store.runtime import profile_traits
 from touchline.store.tables import instances, journeys, outbox, profiles
 from touchline.store.templates import TemplateCache
@@ -50,9 +72,9 @@ MAX_SEND_ATTEMPTS = 8
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(hours=1)
 RETRY_JITTER = 0.2
-# Which profile field a channel delivers to; other channels use the user id.
-ADDRESS_FIELDS = {"email": "email", "sms": "phone", "smpp": "phone"}
 DEFAULT_CHANNEL = "*"
+# Rows a dispatcher may lease: due ones, and ones a crashed dispatcher left mid-send.
+CLAIMABLE = ("pending", "sending")
 
 
 @dataclass(frozen=True)
@@ -67,10 +89,14 @@ class Prepared:
 
 @dataclass
 class DispatchTotals:
+    """Running counts; ``by_reason`` counts skips, deferrals and suppressions by rule."""
+
     sent: int = 0
     failed: int = 0
     skipped: int = 0
+    deferred: int = 0
     retried: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)
 
 
 class Dispatcher:
@@ -86,7 +112,12 @@ class Dispatcher:
         batch: int = 100,
         lease_seconds: int = 60,
         rng: random.Random | None = None,
+        policies: PolicyCache | None = None,
+        registry: ChannelRegistry | None = None,
+        public_url: str | None = "http://127.0.0.1:8000",
     ) -> None:
+        """``channels`` maps channel names (or ``"*"``) to adapters; with a ``registry``
+        the workspace's own channel settings decide instead (it owns the adapters)."""
         self.engine = engine
         self.clock = clock
         self.owner = owner
@@ -95,17 +126,21 @@ class Dispatcher:
         self.lease = timedelta(seconds=lease_seconds)
         self.rng = rng or random.Random()
         self.templates = TemplateCache()
+        self.policies = policies or PolicyCache()
+        self.registry = registry
+        self.public_url = public_url
         self.totals = DispatchTotals()
 
     # -- one round ----------------------------------------------------------------------
 
     async def run_once(self, now: datetime | None = None) -> int:
-        """Claim, render, send and record one batch. Returns how many rows it settled."""
+        """Claim, judge, render, send and record one batch. Returns how many rows it settled."""
         now = now or self.clock.now()
         ids = await asyncio.to_thread(self.claim, now)
         if not ids:
             return 0
-        prepared = await asyncio.to_thread(self.prepare, ids, now)
+        to_send = await asyncio.to_thread(self.judge, ids, now)
+        prepared = await asyncio.to_thread(self.prepare, to_send, now)
         settled = [item for item in prepared if item.message is None]
         if settled:
             await asyncio.to_thread(self.record, [(i, None, None) for i in settled], now)
@@ -116,11 +151,14 @@ class Dispatcher:
             # Recorded at once, one message per transaction: the window in which a
             # crash can repeat a send is this one message, never the whole batch.
             await asyncio.to_thread(self.record, [(item, *outcome)], self.clock.now())
-        return len(prepared)
+        return len(ids)
 
     async def _send(self, item: Prepared) -> tuple[SendResult | None, TouchlineError | None]:
         assert item.message is not None
-        channel = self.channels.get(item.channel) or self.channels.get(DEFAULT_CHANNEL)
+        try:
+            channel = await self._channel(item)
+        except TouchlineError as exc:  # the workspace's channel settings are unusable
+            return None, exc
         if channel is None:
             error = PermanentDeliveryError(
                 f"no channel {item.channel!r} is configured", code="channel_not_configured"
@@ -134,11 +172,19 @@ class Dispatcher:
             log.exception("channel %s raised an untranslated error", item.channel)
             return None, TransientDeliveryError(f"{type(exc).__name__}: {exc}")
 
+    async def _channel(self, item: Prepared) -> Channel | None:
+        if self.registry is not None:
+            assert item.message is not None
+            workspace_id = str(item.message.metadata["workspace_id"])
+            return await self.registry.get(workspace_id, item.channel)
+        return self.channels.get(item.channel) or self.channels.get(DEFAULT_CHANNEL)
+
     def claim(self, now: datetime) -> list[int]:
+        """Lease up to ``batch`` due rows: pending ones, and any a crashed dispatcher left sending."""
         free = or_(outbox.c.lease_until.is_(None), outbox.c.lease_until <= now)
         pick = (
             select(outbox.c.id)
-            .where(outbox.c.status == "pending", outbox.c.available_at <= now, free)
+            .where(outbox.c.status.in_(CLAIMABLE), outbox.c.available_at <= now, free)
             .order_by(outbox.c.available_at, outbox.c.id)
             .limit(self.batch)
         )
@@ -157,9 +203,53 @@ class Dispatcher:
             )
             return [row[0] for row in conn.execute(stmt)]
 
+    def judge(self, ids: list[int], now: datetime) -> list[int]:
+        """Apply the delivery rules to claimed rows; returns the ids cleared to send.
+
+        Skips and deferrals are written here, each with its reason; see
+        :mod:`touchline.messaging.rules` for why this is one write transaction
+        holding each customer's lock.
+        """
+        cleared: list[int] = []
+        with transaction(self.engine) as conn:
+            rows = conn.execute(
+                select(outbox, journeys.c.key.label("journey_key"))
+                .join(journeys, journeys.c.id == outbox.c.journey_id)
+                .where(outbox.c.id.in_(ids), outbox.c.lease_owner == self.owner)
+                .order_by(outbox.c.profile_id, outbox.c.id)
+            ).all()
+            for row in rows:
+                lock_customer(conn, row.profile_id)
+                profile = conn.execute(
+                    select(profiles).where(profiles.c.id == row.profile_id)
+                ).one()
+                decision = self._decide(conn, row, profile, now)
+                status = apply_verdict(conn, row.id, decision, now=now, owner=self.owner)
+                if status == "sending":
+                    cleared.append(row.id)
+                elif status == "skipped":
+                    self.totals.skipped += 1
+                    self.totals.by_reason[decision.reason] += 1
+                else:
+                    self.totals.deferred += 1
+                    self.totals.by_reason[decision.reason] += 1
+        return cleared
+
+    def _decide(self, conn: Any, row: Any, profile: Any, now: datetime) -> Decision:
+        address = address_of(row.channel, profile)
+        if not address:
+            field = ADDRESS_FIELDS.get(row.channel, "user_id")
+            return Decision("skip", f"no_{field}", None, f"the customer has no {field}")
+        if row.channel == "sms" and profile.phone_valid is False:
+            return Decision("skip", "invalid_phone", None, f"{address} is not a valid number")
+        policy = self.policies.get(conn, row.workspace_id)
+        return judge(conn, row, profile, journey_key=row.journey_key, policy=policy, now=now)
+
     def prepare(self, ids: list[int], now: datetime) -> list[Prepared]:
-        """Render each claimed row; rows that cannot be sent get their outcome here."""
+        """Render each row cleared to send; a row that cannot render gets its failure here."""
         out: list[Prepared] = []
+        if not ids:
+            return out
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(outbox, journeys.c.key.label("journey_key"), instances.c.state)
@@ -175,13 +265,9 @@ class Dispatcher:
     def _prepare_one(self, conn: Any, row: Any, now: datetime) -> Prepared:
         profile = conn.execute(select(profiles).where(profiles.c.id == row.profile_id)).one()
         scope = profile_scope(profile)
-        field = ADDRESS_FIELDS.get(row.channel)
-        address = scope.get(field) if field else (profile.user_id or f"#{profile.id}")
-        if not address:
-            return Prepared(row.id, row.channel, None, ("skipped", f"no_{field}", None))
-        if row.channel == "sms" and profile.phone_valid is False:
-            return Prepared(row.id, row.channel, None, ("skipped", "invalid_phone", None))
+        address = address_of(row.channel, profile) or ""
         try:
+            links = self._links(conn, row, now)
             template = self.templates.get(conn, row.workspace_id, row.template)
             state = row.state or {}
             rendered = template.render(
@@ -193,6 +279,14 @@ class Dispatcher:
                     locale=(profile.locale or "ru_RU").replace("-", "_"),
                     timezone=profile.timezone,
                     journey=row.journey_key,
+                    links=links,
+                    promo=promo_provider(
+                        self.engine,
+                        workspace_id=row.workspace_id,
+                        profile_id=row.profile_id,
+                        instance_id=row.instance_id,
+                        now=now,
+                    ),
                 )
             )
         except RenderError as exc:
@@ -202,7 +296,7 @@ class Dispatcher:
         message = OutgoingMessage(
             idempotency_key=row.idempotency_key,
             channel=row.channel,
-            to=str(address),
+            to=address,
             text=rendered.text or "",
             subject=rendered.subject,
             html=rendered.html,
@@ -210,13 +304,31 @@ class Dispatcher:
                 "purpose": row.purpose,
                 "category": row.category,
                 "journey": row.journey_key,
+                "journey_id": row.journey_id,
+                "instance_id": row.instance_id,
+                "profile_id": row.profile_id,
                 "step": row.step_id,
                 "template": row.template,
                 "workspace_id": row.workspace_id,
                 "outbox_id": row.id,
+                **links,
             },
         )
         return Prepared(row.id, row.channel, message)
+
+    def _links(self, conn: Any, row: Any, now: datetime) -> dict[str, str]:
+        """Unsubscribe and preference links for marketing messages (none for transactional)."""
+        if row.purpose != "marketing" or self.public_url is None:
+            return {}
+        return links_for_message(
+            conn,
+            public_url=self.public_url,
+            workspace_id=row.workspace_id,
+            profile_id=row.profile_id,
+            channel=row.channel,
+            message_id=row.id,
+            now=now,
+        )
 
     def record(
         self,
@@ -233,7 +345,7 @@ class Dispatcher:
                 address = item.message.to if item.message else None
                 if item.outcome is not None:
                     status, reason, detail = item.outcome
-                    values = {"status": status, "reason": reason, "error": detail}
+                    values = {"status": status, "reason": reason, "error": detail, "sent_at": None}
                     if status == "failed":
                         self.totals.failed += 1
                     else:
@@ -257,24 +369,51 @@ class Dispatcher:
                             "status": "failed",
                             "reason": "retries_exhausted",
                             "error": error.message,
+                            "sent_at": None,
                         }
                         self.totals.failed += 1
                     else:
                         values = {
+                            "status": "pending",
                             "available_at": now + self._backoff(attempts),
                             "reason": error.code,
                             "error": error.message,
+                            "sent_at": None,
                         }
                         self.totals.retried += 1
                 else:
                     assert error is not None
-                    values = {"status": "failed", "reason": error.code, "error": error.message}
+                    values = {
+                        "status": "failed",
+                        "reason": error.code,
+                        "error": error.message,
+                        "sent_at": None,
+                    }
                     self.totals.failed += 1
+                    if address and _is_hard_bounce(error):
+                        self._suppress_bounce(conn, item, address, error, now)
                 conn.execute(
                     update(outbox)
                     .where(*mine)
                     .values(**cleared, **values, rendered=rendered, address=address)
                 )
+
+    def _suppress_bounce(
+        self, conn: Any, item: Prepared, address: str, error: TouchlineError, now: datetime
+    ) -> None:
+        assert item.message is not None
+        meta = item.message.metadata
+        suppress(
+            conn,
+            workspace_id=str(meta["workspace_id"]),
+            channel=item.channel,
+            address=address,
+            reason="hard_bounce",
+            at=now,
+            profile_id=int(meta["profile_id"]),
+            detail=f"{error.code}: {error.message}"[:1000],
+        )
+        self.totals.by_reason["suppressed:hard_bounce"] += 1
 
     def _backoff(self, attempts: int) -> timedelta:
         delay = min(RETRY_BASE * 2 ** max(attempts - 1, 0), RETRY_CAP)
@@ -297,8 +436,11 @@ class Dispatcher:
                 if not done:
                     await asyncio.to_thread(stop.wait, poll)
         finally:
-            for channel in {id(c): c for c in self.channels.values()}.values():
-                await channel.aclose()
+            if self.registry is not None:
+                await self.registry.aclose()
+            else:
+                for channel in {id(c): c for c in self.channels.values()}.values():
+                    await channel.aclose()
 
 
 def profile_scope(row: Any) -> dict[str, Any]:
@@ -306,6 +448,11 @@ def profile_scope(row: Any) -> dict[str, Any]:
     scope = profile_traits(row)
     scope["user_id"] = row.user_id
     return scope
+
+
+def _is_hard_bounce(error: TouchlineError) -> bool:
+    """A permanent refusal of the address itself: suppress it so it is never tried again."""
+    return bool(getattr(error, "hard_bounce", False)) or error.code == INVALID_NUMBER
 
 
 def _rendered(message: OutgoingMessage | None) -> dict[str, Any] | None:

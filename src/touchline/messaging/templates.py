@@ -26,6 +26,11 @@ After rendering, every ``http(s)`` link of the HTML (``<a>``/``<area>`` href)
 and of the text gets UTM parameters (existing ones are kept), the text is
 derived from the HTML when the template has none, and ``<style>`` rules are
 inlined into ``style=`` attributes for email clients (``css_inline``).
+
+``{{ promo_code("cart10") }}`` prints the customer's code from a promo pool,
+through :attr:`RenderContext.promo`; without one (previews, checks) it prints
+:data:`PROMO_SAMPLE`. A pool that is unknown, empty or expired fails the
+message with that reason.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ __all__ = [
     "MAX_RANGE_ITEMS",
     "MAX_RENDER_SECONDS",
     "PARTS",
+    "PROMO_SAMPLE",
     "CompiledTemplate",
     "RenderContext",
     "RenderError",
@@ -91,6 +97,9 @@ MAX_RANGE_ITEMS = 10_000
 
 MAX_RENDER_SECONDS = 2.0
 """Wall time one render may take; real templates take milliseconds."""
+
+PROMO_SAMPLE = "PROMO-SAMPLE"
+"""What ``promo_code(...)`` prints when no code is issued (previews): plainly not a real code."""
 
 Part = Literal["subject", "html", "text"]
 PARTS: tuple[Part, ...] = ("subject", "html", "text")
@@ -152,6 +161,10 @@ class _TooCostly(Exception):
     """A size, range or time limit was passed; the render stops."""
 
 
+class _PromoUnavailable(Exception):
+    """``promo_code(...)`` got no code (pool unknown, empty or expired); the render stops."""
+
+
 # -------------------------------------------------------------------- model
 
 
@@ -178,7 +191,8 @@ class RenderContext:
 
     ``timezone`` is the customer's IANA zone; when None, ``profile["timezone"]``
     is used, then UTC. An unknown ``locale`` falls back to :data:`DEFAULT_LOCALE`.
-    ``journey`` is the journey key, used for ``utm_campaign``.
+    ``journey`` is the journey key, used for ``utm_campaign``. ``promo`` gives
+    ``promo_code(pool)`` its code (see :func:`touchline.store.promo.promo_provider`).
     """
 
     profile: Mapping[str, Any]
@@ -190,6 +204,9 @@ class RenderContext:
     currency: str = DEFAULT_CURRENCY
     timezone: str | None = None
     journey: str | None = None
+    promo: Callable[[str], str] | None = None
+    #: The customer's own links: ``unsubscribe_url`` and ``preferences_url`` (marketing).
+    links: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -211,6 +228,7 @@ class _State:
     tz: tzinfo
     deadline: float
     range_left: int = MAX_RANGE_ITEMS
+    promo: Callable[[str], str] | None = None
 
 
 _STATE: ContextVar[_State | None] = ContextVar("touchline_render_state", default=None)
@@ -394,6 +412,18 @@ def _guarded_range(*args: int) -> range:
     return items
 
 
+def _promo_code(pool: Any) -> str:
+    """The customer's code from promo pool ``pool``; :data:`PROMO_SAMPLE` when rendering without one."""
+    _require(pool)
+    provider = _state().promo
+    if provider is None:
+        return PROMO_SAMPLE
+    try:
+        return provider(str(pool))
+    except TouchlineError as exc:
+        raise _PromoUnavailable(f"promo_code({pool!r}): {exc.message} ({exc.code})") from None
+
+
 def _finalize(value: Any) -> Any:
     _tick()
     return _check_size(value)
@@ -508,6 +538,7 @@ def _environment(*, autoescape: bool) -> _Sandbox:
     )
     env.globals.pop("lipsum", None)  # generates text; nothing a message needs
     env.globals["range"] = _guarded_range
+    env.globals["promo_code"] = _promo_code
     filters: dict[str, Callable[..., Any]] = dict(env.filters)
     filters.update({"money": _money, "date": _date, "datetime": _datetime, "plural": _plural})
     env.filters = {name: _guard_filter(name, f) for name, f in filters.items()}
@@ -538,6 +569,7 @@ class CompiledTemplate:
             currency=context.currency or DEFAULT_CURRENCY,
             tz=tz,
             deadline=time.monotonic() + MAX_RENDER_SECONDS,
+            promo=context.promo,
         )
         token = _STATE.set(state)
         try:
@@ -551,6 +583,7 @@ class CompiledTemplate:
                     "locale": context.locale,
                     "currency": context.currency,
                     "timezone": str(tz),
+                    "links": dict(context.links),
                 },
                 "",
             )
@@ -569,6 +602,8 @@ class CompiledTemplate:
             raise RenderError(f"not allowed: {exc}", template=name, part=part) from None
         except _TooCostly as exc:
             raise RenderError(f"too costly: {exc}", template=name, part=part) from None
+        except _PromoUnavailable as exc:
+            raise RenderError(str(exc), template=name, part=part) from None
         except Exception as exc:  # a filter's ValueError, a RecursionError, a template's own error
             raise RenderError(f"{type(exc).__name__}: {exc}", template=name, part=part) from None
         finally:

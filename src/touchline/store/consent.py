@@ -12,21 +12,23 @@ hard or complained stays blocked whichever profile it turns up on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, or_, select
+from sqlalchemy import Connection, and_, delete, insert, or_, select
 
 from touchline.errors import InputError
 from touchline.messaging.policies import MARKETING, ConsentRecord, Suppression, consent_state
-from touchline.store.runtime import insert_ignore
+from touchline.store.db import insert_ignore
 from touchline.store.tables import consents, suppressions
 
 SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "stop_reply")
 #: Channels a customer can subscribe to; a grant for any other name is refused.
 CONSENT_CHANNELS = frozenset({"email", "sms", "telegram", "push", "whatsapp", "viber", "call"})
+#: Topics a customer may opt out of while keeping a channel: the non-transactional categories.
+CONSENT_TOPICS = ("engaging", "selling")
 #: Longest text kept for provenance fields; longer values are cut, not refused.
 _SOURCE_MAX, _AGENT_MAX = 500, 500
 
@@ -309,8 +311,133 @@ def unsubscribe(
     return True
 
 
+def consent_from_identify(
+    conn: Connection,
+    *,
+    workspace_id: str,
+    profile_id: int,
+    traits: Mapping[str, Any],
+    context: Mapping[str, Any] | None,
+    at: datetime,
+    double_opt_in: frozenset[str] = frozenset(),
+    addresses: Mapping[str, str | None] | None = None,
+) -> list[str]:
+    """Record what an ``identify`` call's ``consent`` trait says; returns channels awaiting confirmation.
+
+    The trait maps a channel to ``true``/``false`` or to an object
+    ``{"granted": bool, "text": "<consent text version>", "topics": {"selling": false}}``.
+    Provenance comes from the call's context: ``page.url`` as the source,
+    ``ip`` and ``userAgent``. Only changes are written — an identify that
+    repeats the current state adds nothing. A grant on a channel in
+    ``double_opt_in`` is recorded unconfirmed; it counts once confirmed.
+    """
+    value = traits.get("consent")
+    if not isinstance(value, Mapping):
+        return []
+    ctx = context or {}
+    page = ctx.get("page") if isinstance(ctx.get("page"), Mapping) else {}
+    url = page.get("url") if isinstance(page, Mapping) else None
+    source = f"identify from {url}" if isinstance(url, str) and url else "identify"
+    ip = ctx.get("ip") if isinstance(ctx.get("ip"), str) else None
+    agent = ctx.get("userAgent") if isinstance(ctx.get("userAgent"), str) else None
+    records = load_consents(conn, workspace_id, profile_id)
+    awaiting: list[str] = []
+    for channel, raw in value.items():
+        if channel not in CONSENT_CHANNELS:
+            continue
+        granted, text_version, topics = _consent_value(raw)
+        provenance = Provenance(source=source, ip=ip, user_agent=agent, text_version=text_version)
+        address = (addresses or {}).get(channel)
+        if granted is not None:
+            held, latest = consent_state(records, channel=channel, purpose=MARKETING)
+            pending = not held and latest is not None and latest.granted
+            confirm = channel in double_opt_in
+            if granted and not held and not (pending and confirm):
+                record_consent(
+                    conn,
+                    workspace_id=workspace_id,
+                    profile_id=profile_id,
+                    channel=channel,
+                    granted=True,
+                    at=at,
+                    provenance=provenance,
+                    confirmed=not confirm,
+                    address=address,
+                )
+                if confirm:
+                    awaiting.append(channel)
+            elif not granted and (held or pending):
+                record_consent(
+                    conn,
+                    workspace_id=workspace_id,
+                    profile_id=profile_id,
+                    channel=channel,
+                    granted=False,
+                    at=at,
+                    provenance=provenance,
+                    address=address,
+                )
+        for topic, on in topics.items():
+            held, latest = consent_state(records, channel=channel, purpose=MARKETING, topic=topic)
+            opted_out = latest is not None and not latest.granted
+            if on == opted_out:  # a change: opting back in, or out
+                record_consent(
+                    conn,
+                    workspace_id=workspace_id,
+                    profile_id=profile_id,
+                    channel=channel,
+                    granted=on,
+                    at=at,
+                    provenance=provenance,
+                    topic=topic,
+                    address=address,
+                )
+    return awaiting
+
+
+def _consent_value(raw: Any) -> tuple[bool | None, str | None, dict[str, bool]]:
+    """(granted, text version, topic switches) from one channel's entry of the trait."""
+    if isinstance(raw, bool):
+        return raw, None, {}
+    if not isinstance(raw, Mapping):
+        return None, None, {}
+    granted = raw.get("granted") if isinstance(raw.get("granted"), bool) else None
+    text = raw.get("text")
+    topics_raw = raw.get("topics")
+    topics = (
+        {str(k): v for k, v in topics_raw.items() if isinstance(v, bool)}
+        if isinstance(topics_raw, Mapping)
+        else {}
+    )
+    return granted, str(text)[:200] if text is not None else None, topics
+
+
+def remove_suppression(
+    conn: Connection, *, workspace_id: str, channel: str, address: str, reason: str
+) -> bool:
+    """Lift one suppression (e.g. a bounce recorded by mistake); ``False`` if there was none.
+
+    The row is deleted: the suppression list holds what blocks sending now,
+    while the consent ledger keeps the history of what customers agreed to.
+    """
+    if reason not in SUPPRESSION_REASONS:
+        raise InputError(f"reason: {reason!r} is not one of {list(SUPPRESSION_REASONS)}")
+    removed = conn.execute(
+        delete(suppressions).where(
+            suppressions.c.workspace_id == workspace_id,
+            suppressions.c.channel == channel,
+            suppressions.c.address == normal_address(address),
+            suppressions.c.reason == reason,
+        )
+    )
+    return removed.rowcount > 0
+
+
 __all__ = [
     "CONSENT_CHANNELS",
+    "CONSENT_TOPICS",
+    "remove_suppression",
+    "consent_from_identify",
     "LEDGER_FIELDS",
     "Provenance",
     "SUPPRESSION_REASONS",

@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, literal_column
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
 from touchline.errors import StoreError
@@ -129,3 +130,26 @@ def migrate(engine: Engine) -> None:
     with engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
+
+
+_IGNORING: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+
+
+def insert_ignore(conn: Connection, table: Any, values: dict[str, Any], *, key: list[str]) -> int:
+    """INSERT that silently skips a row whose unique ``key`` already exists; returns rows added.
+
+    The statement is built once per (dialect, table, key) and the row passed as
+    parameters, so the hot path pays no statement construction.
+    """
+    cache_key = (conn.dialect.name, table.name, tuple(key))
+    stmt = _IGNORING.get(cache_key)
+    if stmt is None:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        # RETURNING, because the driver's rowcount for INSERT ... ON CONFLICT is -1 on psycopg.
+        stmt = (
+            dialect.insert(table)
+            .on_conflict_do_nothing(index_elements=key)
+            .returning(literal_column("1"))
+        )
+        _IGNORING[cache_key] = stmt
+    return len(conn.execute(stmt, values).fetchall())

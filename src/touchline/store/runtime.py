@@ -13,11 +13,12 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, delete, func, literal, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from touchline.journeys import engine as eng
 from touchline.journeys.localtime import zone
 from touchline.journeys.spec import JourneySpec
+from touchline.store.consent import consent_from_identify
+from touchline.store.db import insert_ignore
 from touchline.store.journeys import SpecCache
 from touchline.store.tables import (
     conversions,
@@ -30,6 +31,7 @@ from touchline.store.tables import (
     timers,
     workspaces,
 )
+from touchline.store.workspaces import workspace_settings
 
 KNOWN_TRAITS = ("email", "phone", "timezone", "locale", "first_name", "last_name", "birthday")
 
@@ -65,24 +67,6 @@ class RunStats:
         self.conversions += other.conversions
         for k, v in other.skipped_entries.items():
             self.skipped_entries[k] = self.skipped_entries.get(k, 0) + v
-
-
-_IGNORING: dict[tuple[str, str, tuple[str, ...]], Any] = {}
-
-
-def insert_ignore(conn: Connection, table: Any, values: dict[str, Any], *, key: list[str]) -> int:
-    """INSERT that silently skips a row whose unique ``key`` already exists; returns rows added.
-
-    The statement is built once per (dialect, table, key) and the row passed as
-    parameters, so the hot path pays no statement construction.
-    """
-    cache_key = (conn.dialect.name, table.name, tuple(key))
-    stmt = _IGNORING.get(cache_key)
-    if stmt is None:
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=key)
-        _IGNORING[cache_key] = stmt
-    return conn.execute(stmt, values).rowcount or 0
 
 
 # Hot-path statements built once; rows are passed as parameters.
@@ -157,6 +141,8 @@ class Runtime:
         workspace_id = event_row.workspace_id
         tz = self.workspace_timezone(conn, workspace_id)
         profile = self.load_profile(conn, event_row.profile_id, lock=True)
+        if event_row.type == "identify" and "consent" in (event_row.traits or {}):
+            self._record_consent(conn, event_row, profile)
         event = eng.EventView(
             name=event_row.name,
             properties=event_row.properties or {},
@@ -204,7 +190,26 @@ class Runtime:
             )
             self.apply(conn, spec, inst_row, outcome, profile=profile, now=now, stats=stats)
         self._enter_journeys(conn, workspace_id, profile, event, now=now, tz=tz, stats=stats)
+        if "coupon" in event.properties:  # promo codes used; most events carry none, so no query
+            from touchline.store.promo import redeem_from_event  # promo imports this module
+
+            redeem_from_event(conn, workspace_id, event_row)
         return stats
+
+    def _record_consent(self, conn: Connection, event_row: Any, profile: eng.ProfileView) -> None:
+        """Consent given in an identify call goes to the ledger, dated when it was given."""
+        settings = workspace_settings(conn, event_row.workspace_id)
+        confirm = settings.get("double_opt_in")
+        consent_from_identify(
+            conn,
+            workspace_id=event_row.workspace_id,
+            profile_id=profile.id,
+            traits=event_row.traits,
+            context=event_row.context,
+            at=event_row.timestamp,
+            double_opt_in=frozenset(confirm) if isinstance(confirm, list) else frozenset(),
+            addresses={"email": profile.traits.get("email"), "sms": profile.traits.get("phone")},
+        )
 
     def _enter_journeys(
         self,

@@ -357,11 +357,15 @@ promo_codes = Table(
     Column("workspace_id", String(WS), nullable=False),
     Column("pool_id", BigId, nullable=False),
     Column("code", String(64), nullable=False),
+    Column("valid_until", UTCDateTime()),  # this code's own end, within the pool's
     Column("profile_id", BigId),  # None until issued
     Column("offer_key", String(200)),  # what it was issued for: one code per offer
+    Column("instance_id", BigId),  # the journey instance it was issued for, if any
     Column("issued_at", UTCDateTime()),
     Column("redeemed_at", UTCDateTime()),
     Column("redeemed_event_id", BigId),
+    # Who used it; differs from profile_id when a customer passed the code on.
+    Column("redeemed_profile_id", BigId),
     UniqueConstraint("workspace_id", "code"),
     UniqueConstraint("pool_id", "offer_key"),
     Index("ix_promo_codes_pool_profile", "pool_id", "profile_id"),
@@ -376,6 +380,9 @@ tasks = Table(
     Column("profile_id", BigId, nullable=False),
     Column("journey_id", BigId),
     Column("instance_id", BigId),
+    Column("step_id", String(64)),
+    # The task this one follows up (a ``call_back`` outcome opens a new task).
+    Column("previous_id", BigId),
     Column("reason", String(200), nullable=False),
     Column("script", Text, nullable=False),
     Column("priority", SmallInteger, nullable=False, server_default="0"),
@@ -385,9 +392,11 @@ tasks = Table(
     Column("claimed_at", UTCDateTime()),
     Column("outcome", String(32)),  # reached | no_answer | call_back | sold | ...
     Column("note", Text),
+    Column("call_back_at", UTCDateTime()),
     Column("closed_at", UTCDateTime()),
     Column("created_at", UTCDateTime(), nullable=False),
     Index("ix_tasks_ws_status_due", "workspace_id", "status", "priority", "due_at"),
+    Index("ix_tasks_ws_profile", "workspace_id", "profile_id"),
 )
 
 __all__ = [

@@ -34,7 +34,9 @@ from touchline.config import Settings
 from touchline.errors import TouchlineError
 from touchline.store.db import make_engine, migrate
 from touchline.store.workspaces import KeyCache
-from touchline.web.api import admin, ingest
+from touchline.web import public
+from touchline.web.api import admin, callbacks, consent, ingest, promo, tasks
+from touchline.web.api import settings as settings_api
 
 log = logging.getLogger("touchline.web")
 
@@ -80,7 +82,13 @@ def create_app(
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/readyz", readyz, methods=["GET"])
     app.include_router(ingest.router)
+    app.include_router(consent.router)  # before admin: its /profiles/{ref:path} would match
     app.include_router(admin.router)
+    app.include_router(tasks.router)
+    app.include_router(promo.router)
+    app.include_router(public.router)
+    app.include_router(settings_api.router)
+    app.include_router(callbacks.router)
     return app
 
 

@@ -138,8 +138,10 @@ def _list_unsubscribe(message: OutgoingMessage) -> tuple[str, str] | None:
     if meta.get("purpose") != "marketing":
         return None
     url, mailto = meta.get("unsubscribe_url"), meta.get("unsubscribe_mailto")
-    if not url or not mailto:
+    if not url:
         return None
+    if not mailto:  # RFC 8058 needs only the https URI; the mailto is for older clients
+        return f"<{url}>", "List-Unsubscribe=One-Click"
     mailto = str(mailto)
     if not mailto.lower().startswith("mailto:"):
         mailto = "mailto:" + mailto

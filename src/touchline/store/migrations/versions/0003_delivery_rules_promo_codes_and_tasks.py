@@ -63,14 +63,23 @@ def upgrade() -> None:
         sa.Column("workspace_id", sa.String(length=32), nullable=False),
         sa.Column("pool_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("code", sa.String(length=64), nullable=False),
+        sa.Column("valid_until", touchline.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "profile_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
         sa.Column("offer_key", sa.String(length=200), nullable=True),
+        sa.Column(
+            "instance_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
         sa.Column("issued_at", touchline.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("redeemed_at", touchline.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column(
             "redeemed_event_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column(
+            "redeemed_profile_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=True,
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_promo_codes")),
         sa.UniqueConstraint("pool_id", "offer_key", name=op.f("uq_promo_codes_pool_id_offer_key")),
@@ -143,6 +152,10 @@ def upgrade() -> None:
         sa.Column(
             "instance_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
         ),
+        sa.Column("step_id", sa.String(length=64), nullable=True),
+        sa.Column(
+            "previous_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
         sa.Column("reason", sa.String(length=200), nullable=False),
         sa.Column("script", sa.Text(), nullable=False),
         sa.Column("priority", sa.SmallInteger(), server_default="0", nullable=False),
@@ -152,6 +165,7 @@ def upgrade() -> None:
         sa.Column("claimed_at", touchline.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("outcome", sa.String(length=32), nullable=True),
         sa.Column("note", sa.Text(), nullable=True),
+        sa.Column("call_back_at", touchline.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("closed_at", touchline.store.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("created_at", touchline.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
@@ -161,6 +175,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_tasks_ws_status_due", ["workspace_id", "status", "priority", "due_at"], unique=False
         )
+        batch_op.create_index("ix_tasks_ws_profile", ["workspace_id", "profile_id"], unique=False)
 
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.add_column(sa.Column("deferred_reason", sa.String(length=200), nullable=True))
@@ -202,6 +217,7 @@ def downgrade() -> None:
         batch_op.drop_column("deferred_reason")
 
     with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_index("ix_tasks_ws_profile")
         batch_op.drop_index("ix_tasks_ws_status_due")
 
     op.drop_table("tasks")
