@@ -373,3 +373,59 @@ def test_one_click_unsubscribe_from_a_sent_email_stops_the_next_one(engine: Engi
         ("sent", "delivered"),
         ("skipped", "suppressed:unsubscribe"),
     ]
+
+
+CONFIRM_JOURNEY = """
+journey: confirm
+category: transactional
+trigger: {event: Consent Confirmation Requested}
+entry: {reentry: always}
+steps:
+  - send: {channel: email, template: confirm}
+"""
+
+
+def test_double_opt_in_sends_a_confirmation_link_that_unlocks_marketing(engine: Engine) -> None:
+    """A pending grant triggers a confirmation mail; POSTing its link confirms; promos then go."""
+    from fastapi.testclient import TestClient
+
+    from touchline.config import Settings
+    from touchline.web.app import create_app
+
+    # given
+    shop = Shop(
+        engine,
+        {"promo": journey("promo"), "confirm": textwrap.dedent(CONFIRM_JOURNEY)},
+        settings={"double_opt_in": ["email"]},
+    )
+    with transaction(engine) as conn:
+        apply_templates(
+            conn,
+            shop.ws,
+            [
+                load_template_text(
+                    "template: confirm\nchannel: email\nsubject: Подтвердите подписку\n"
+                    "text: 'Нажмите: {{ links.confirm_url }}'\n",
+                    file="confirm.yaml",
+                )
+            ],
+            now=T0,
+        )
+    shop.events(identify("u1", email="a@example.ru", consent={"email": True}))
+    run_until_idle(shop.worker, shop.clock)  # the request event emitted while processing
+    shop.dispatch()
+    confirmation = shop.capture.messages[0]
+    url = confirmation.metadata["confirm_url"]
+    assert url in confirmation.text
+    # when
+    app = create_app(Settings(), engine=engine, clock=shop.clock)
+    with TestClient(app) as client:
+        assert client.post("/" + url.split("/", 3)[3]).status_code == 200
+    shop.clock.advance(timedelta(minutes=1))
+    shop.events(track("u1", "promo"))
+    shop.dispatch()
+    # then
+    assert [(r.template, r.status) for r in shop.rows()] == [
+        ("confirm", "sent"),
+        ("email-note", "sent"),
+    ]

@@ -44,7 +44,7 @@ from sqlalchemy import Engine, or_, select, update
 from touchline.clock import Clock
 from touchline.errors import PermanentDeliveryError, TouchlineError, TransientDeliveryError
 from touchline.messaging.channels.base import Channel, OutgoingMessage, SendResult
-from touchline.messaging.links import links_for_message
+from touchline.messaging.links import confirm_url, links_for_message
 from touchline.messaging.phone import INVALID_NUMBER
 from touchline.messaging.policies import Decision
 from touchline.messaging.registry import ChannelRegistry
@@ -57,7 +57,7 @@ from touchline.messaging.rules import (
     lock_customer,
 )
 from touchline.messaging.templates import RenderContext, RenderError
-from touchline.store.consent import suppress
+from touchline.store.consent import CONFIRMATION_REQUESTED, suppress
 from touchline.store.db import transaction
 from touchline.store.promo import promo_provider
 from touchline.store.runtime import profile_traits
@@ -317,8 +317,15 @@ class Dispatcher:
         return Prepared(row.id, row.channel, message)
 
     def _links(self, conn: Any, row: Any, now: datetime) -> dict[str, str]:
-        """Unsubscribe and preference links for marketing messages (none for transactional)."""
-        if row.purpose != "marketing" or self.public_url is None:
+        """Unsubscribe and preference links for marketing messages; the confirmation
+        link when the journey was triggered by a double opt-in request."""
+        if self.public_url is None:
+            return {}
+        if row.purpose != "marketing":
+            trigger = (row.state or {}).get("trigger") or {}
+            token = (trigger.get("properties") or {}).get("confirm_token")
+            if trigger.get("name") == CONFIRMATION_REQUESTED and isinstance(token, str):
+                return {"confirm_url": confirm_url(self.public_url, token)}
             return {}
         return links_for_message(
             conn,

@@ -395,6 +395,55 @@ def consent_from_identify(
     return awaiting
 
 
+#: The event asking a journey to send a double opt-in confirmation (see the example pack).
+CONFIRMATION_REQUESTED = "Consent Confirmation Requested"
+
+
+def request_confirmation(
+    conn: Connection, event_row: Any, *, channels: Sequence[str], now: datetime
+) -> None:
+    """Emit one :data:`CONFIRMATION_REQUESTED` event per channel awaiting double opt-in.
+
+    The event carries ``channel`` and a signed ``confirm_token``; the
+    dispatcher turns the token into ``links.confirm_url`` for the message a
+    (transactional) journey triggered by this event sends. It is stored in the
+    caller's transaction with a message id derived from the identify call, so
+    the identify processed again emits nothing new.
+    """
+    from touchline.ingest.segment import IncomingEvent
+    from touchline.messaging.links import make_token, workspace_link_secret
+    from touchline.store.ingest import ingest_events
+
+    secret = workspace_link_secret(conn, event_row.workspace_id)
+    emitted = [
+        IncomingEvent(
+            type="track",
+            message_id=f"consent-confirm:{event_row.message_id}:{channel}"[:200],
+            user_id=event_row.user_id,
+            anonymous_id=event_row.anonymous_id,
+            name=CONFIRMATION_REQUESTED,
+            properties={
+                "channel": channel,
+                "confirm_token": make_token(
+                    secret,
+                    kind="confirm",
+                    workspace_id=event_row.workspace_id,
+                    profile_id=event_row.profile_id,
+                    channel=channel,
+                    issued_at=now,
+                ),
+            },
+            traits=None,
+            context={},
+            timestamp=event_row.timestamp,
+            sent_at=None,
+            received_at=now,
+        )
+        for channel in channels
+    ]
+    ingest_events(conn, event_row.workspace_id, emitted, now=now)
+
+
 def _consent_value(raw: Any) -> tuple[bool | None, str | None, dict[str, bool]]:
     """(granted, text version, topic switches) from one channel's entry of the trait."""
     if isinstance(raw, bool):
@@ -434,7 +483,9 @@ def remove_suppression(
 
 
 __all__ = [
+    "CONFIRMATION_REQUESTED",
     "CONSENT_CHANNELS",
+    "request_confirmation",
     "CONSENT_TOPICS",
     "remove_suppression",
     "consent_from_identify",

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, case, delete, func, literal, selec
 from touchline.journeys import engine as eng
 from touchline.journeys.localtime import zone
 from touchline.journeys.spec import JourneySpec
-from touchline.store.consent import consent_from_identify
+from touchline.store.consent import consent_from_identify, request_confirmation
 from touchline.store.db import insert_ignore
 from touchline.store.journeys import SpecCache
 from touchline.store.tables import (
@@ -142,7 +142,7 @@ class Runtime:
         tz = self.workspace_timezone(conn, workspace_id)
         profile = self.load_profile(conn, event_row.profile_id, lock=True)
         if event_row.type == "identify" and "consent" in (event_row.traits or {}):
-            self._record_consent(conn, event_row, profile)
+            self._record_consent(conn, event_row, profile, now=now)
         event = eng.EventView(
             name=event_row.name,
             properties=event_row.properties or {},
@@ -196,11 +196,13 @@ class Runtime:
             redeem_from_event(conn, workspace_id, event_row)
         return stats
 
-    def _record_consent(self, conn: Connection, event_row: Any, profile: eng.ProfileView) -> None:
+    def _record_consent(
+        self, conn: Connection, event_row: Any, profile: eng.ProfileView, *, now: datetime
+    ) -> None:
         """Consent given in an identify call goes to the ledger, dated when it was given."""
         settings = workspace_settings(conn, event_row.workspace_id)
         confirm = settings.get("double_opt_in")
-        consent_from_identify(
+        awaiting = consent_from_identify(
             conn,
             workspace_id=event_row.workspace_id,
             profile_id=profile.id,
@@ -210,6 +212,8 @@ class Runtime:
             double_opt_in=frozenset(confirm) if isinstance(confirm, list) else frozenset(),
             addresses={"email": profile.traits.get("email"), "sms": profile.traits.get("phone")},
         )
+        if awaiting:
+            request_confirmation(conn, event_row, channels=awaiting, now=now)
 
     def _enter_journeys(
         self,
