@@ -547,3 +547,54 @@ def test_deadlock_victim_is_retried_from_the_start(engine: Engine) -> None:
     assert (result, len(calls)) == ("done", 3)
     with pytest.raises(StoreError):
         run_in_transaction(engine, broken)
+
+
+def test_a_merge_moves_consent_promo_codes_and_operator_tasks(engine: Engine, ws: str) -> None:
+    """What belonged to the visitor (ledger rows, an issued code, a call task) follows the merge."""
+    from touchline.store.consent import Provenance, record_consent
+    from touchline.store.promo import create_pool, import_codes, issue_code
+    from touchline.store.tables import consents, promo_codes, tasks
+    from touchline.store.tasks import create_task
+
+    # given: a visitor who consented, got a code and a call task
+    ingest(
+        engine, ws, [msg("track", anonymousId="anon-9", event="Viewed", messageId="v9")], now=NOW
+    )
+    [visitor] = profile_rows(engine, ws)
+    with transaction(engine) as conn:
+        record_consent(
+            conn,
+            workspace_id=ws,
+            profile_id=visitor["id"],
+            channel="email",
+            granted=True,
+            at=NOW,
+            provenance=Provenance(source="popup"),
+        )
+        create_pool(conn, ws, key="p", name="p", now=NOW)
+        import_codes(conn, ws, "p", ["CODE-1"])
+        issue_code(conn, ws, pool_key="p", profile_id=visitor["id"], offer_key="o1", now=NOW)
+        create_task(
+            conn,
+            ws,
+            idempotency_key="t1",
+            profile_id=visitor["id"],
+            reason="call",
+            script="hello",
+            due_at=NOW,
+            now=NOW,
+        )
+    ingest(engine, ws, [msg("identify", userId="u9", traits={"email": "u9@x.ru"})], now=NOW)
+    # when
+    ingest(engine, ws, [msg("alias", previousId="anon-9", userId="u9", messageId="al9")], now=NOW)
+    # then
+    with engine.connect() as conn:
+        survivor = get_profile(conn, ws, "u9")["id"]
+        owners = {
+            table.name: set(
+                conn.execute(select(table.c.profile_id).where(table.c.workspace_id == ws)).scalars()
+            )
+            for table in (consents, promo_codes, tasks)
+        }
+    assert survivor != visitor["id"]
+    assert owners == {"consents": {survivor}, "promo_codes": {survivor}, "tasks": {survivor}}

@@ -64,6 +64,7 @@ from touchline.ingest.traits import NormalizedTraits, normalize_traits
 from touchline.store.db import run_in_transaction
 from touchline.store.tables import (
     EVENT_PENDING,
+    consents,
     conversions,
     events,
     identities,
@@ -71,6 +72,8 @@ from touchline.store.tables import (
     listeners,
     outbox,
     profiles,
+    promo_codes,
+    tasks,
     timers,
 )
 
@@ -533,7 +536,18 @@ class _Batch:
 
 
 # Journey state that follows a profile into the one it is merged into.
-_FOLLOWS_PROFILE = (instances, listeners, timers, outbox, conversions)
+# Everything that belongs to the person moves to the survivor of a merge; each
+# table has an index leading with (workspace_id, profile_id) or profile_id.
+_FOLLOWS_PROFILE = (
+    instances,
+    listeners,
+    timers,
+    outbox,
+    conversions,
+    consents,
+    promo_codes,
+    tasks,
+)
 
 # Columns a profile insert or rewrite sets from the computed state.
 _WRITTEN = ("user_id", *PROFILE_COLUMNS, "traits")

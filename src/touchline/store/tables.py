@@ -369,6 +369,7 @@ promo_codes = Table(
     UniqueConstraint("workspace_id", "code"),
     UniqueConstraint("pool_id", "offer_key"),
     Index("ix_promo_codes_pool_profile", "pool_id", "profile_id"),
+    Index("ix_promo_codes_ws_profile", "workspace_id", "profile_id"),
 )
 
 tasks = Table(

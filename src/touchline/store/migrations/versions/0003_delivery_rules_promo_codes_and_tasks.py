@@ -89,6 +89,9 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_promo_codes_pool_profile", ["pool_id", "profile_id"], unique=False
         )
+        batch_op.create_index(
+            "ix_promo_codes_ws_profile", ["workspace_id", "profile_id"], unique=False
+        )
 
     op.create_table(
         "promo_pools",
@@ -224,6 +227,7 @@ def downgrade() -> None:
     op.drop_table("suppressions")
     op.drop_table("promo_pools")
     with op.batch_alter_table("promo_codes", schema=None) as batch_op:
+        batch_op.drop_index("ix_promo_codes_ws_profile")
         batch_op.drop_index("ix_promo_codes_pool_profile")
 
     op.drop_table("promo_codes")
