@@ -12,9 +12,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 from touchline.config import Secret
 from touchline.errors import InputError, PermanentDeliveryError, TransientDeliveryError
@@ -398,3 +400,98 @@ def test_parse_receipt_refuses_ordinary_text() -> None:
     """A mobile-originated text without id and stat is not a receipt."""
     with pytest.raises(InputError):
         parse_receipt("Спасибо".encode())
+
+
+SMS_JOURNEY = """
+journey: shipped
+category: transactional
+trigger: {event: Order Shipped}
+steps:
+  - send: {channel: sms, template: shipped}
+"""
+
+
+def test_a_receipt_marks_the_message_delivered_and_becomes_an_event(
+    peer: SmppPeer, engine: Engine
+) -> None:
+    """A workspace on SMPP: the SMSC's receipt sets delivery_status and records Message Delivered."""
+    from sqlalchemy import select, update
+
+    from touchline.journeys.loader import LoadedJourney, load_journey_text
+    from touchline.messaging.channels.capture import CaptureChannel
+    from touchline.messaging.dispatcher import Dispatcher
+    from touchline.messaging.registry import ChannelRegistry
+    from touchline.messaging.template_files import load_template_text
+    from touchline.store.db import transaction
+    from touchline.store.journeys import apply_journeys
+    from touchline.store.tables import events, outbox, workspaces
+    from touchline.store.templates import apply_templates
+    from touchline.store.workspaces import create_workspace
+    from touchline.testing import FrozenClock, identify, run_until_idle, send_events, track
+    from touchline.worker.loop import Worker
+
+    # given: a workspace whose SMS go over SMPP to the peer, on a transceiver session
+    t0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    clock = FrozenClock(t0)
+    ws = create_workspace(engine, "shop", now=t0).id
+    sms = {
+        "provider": "smpp",
+        "host": "127.0.0.1",
+        "port": peer.port,
+        "system_id": "shop",
+        "password": "s3cret",
+        "bind": "transceiver",
+    }
+    with transaction(engine) as conn:
+        conn.execute(
+            update(workspaces)
+            .where(workspaces.c.id == ws)
+            .values(settings={"channels": {"sms": sms}})
+        )
+        apply_journeys(
+            conn,
+            ws,
+            [LoadedJourney("j.yaml", load_journey_text(SMS_JOURNEY, file="j.yaml"), "")],
+            now=t0,
+        )
+        apply_templates(
+            conn,
+            ws,
+            [
+                load_template_text(
+                    "template: shipped\nchannel: sms\ntext: Заказ в пути\n", file="t.yaml"
+                )
+            ],
+            now=t0,
+        )
+    send_events(
+        engine, ws, [identify("u1", phone="+79161234567"), track("u1", "Order Shipped")], now=t0
+    )
+    run_until_idle(Worker(engine, clock=clock, owner="w"), clock)
+    registry = ChannelRegistry(engine, defaults={"*": CaptureChannel()}, clock=clock)
+    dispatcher = Dispatcher(engine, clock=clock, owner="d", channels={}, registry=registry)
+
+    async def run() -> int:
+        try:
+            await dispatcher.run_once(t0)
+            with engine.connect() as conn:
+                provider_id = conn.execute(select(outbox.c.provider_id)).scalar_one()
+            peer.send_receipt(provider_id)
+            applied = 0
+            deadline = time.monotonic() + 5
+            while not applied and time.monotonic() < deadline:
+                applied = await dispatcher.collect_receipts()
+                await asyncio.sleep(0.02)
+            return applied
+        finally:
+            await registry.aclose()
+
+    # when
+    applied = asyncio.run(run())
+    # then
+    assert applied == 1
+    with engine.connect() as conn:
+        row = conn.execute(select(outbox.c.status, outbox.c.delivery_status)).one()
+        names = list(conn.execute(select(events.c.name).where(events.c.type == "track")).scalars())
+    assert tuple(row) == ("sent", "delivered")
+    assert names == ["Order Shipped", "Message Delivered"]

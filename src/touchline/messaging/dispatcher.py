@@ -47,6 +47,7 @@ from touchline.messaging.channels.base import Channel, OutgoingMessage, SendResu
 from touchline.messaging.links import confirm_url, links_for_message
 from touchline.messaging.phone import INVALID_NUMBER
 from touchline.messaging.policies import Decision
+from touchline.messaging.receipts import receipt_from_report, record_receipt
 from touchline.messaging.registry import ChannelRegistry
 from touchline.messaging.rules import (
     ADDRESS_FIELDS,
@@ -432,11 +433,40 @@ class Dispatcher:
         """Loop in this thread (with its own event loop) until ``stop`` is set."""
         asyncio.run(self._loop(stop, poll))
 
+    async def collect_receipts(self) -> int:
+        """Apply delivery receipts that adapters gather themselves (SMPP ``deliver_sm``).
+
+        HTTP providers report through the callback endpoints instead. Returns
+        how many receipts were applied.
+        """
+        if self.registry is None:
+            return 0
+        applied = 0
+        for workspace_id, name, adapter in self.registry.built():
+            poll = getattr(adapter, "poll_receipts", None)
+            if poll is None:
+                continue
+            for report in await poll():
+                # An SMSC's UNDELIV/REJECTD does not say the number is gone: no suppression.
+                receipt = receipt_from_report(report, permanent=False)
+                await asyncio.to_thread(
+                    record_receipt,
+                    self.engine,
+                    workspace_id,
+                    channel=name,
+                    provider="smpp",
+                    receipt=receipt,
+                    now=self.clock.now(),
+                )
+                applied += 1
+        return applied
+
     async def _loop(self, stop: threading.Event, poll: float) -> None:
         try:
             while not stop.is_set():
                 try:
                     done = await self.run_once()
+                    await self.collect_receipts()
                 except TouchlineError as exc:
                     log.warning("dispatcher round failed: %s", exc.message)
                     done = 0

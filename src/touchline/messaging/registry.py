@@ -214,6 +214,10 @@ class ChannelRegistry:
             else:
                 self._loaded.pop(workspace_id, None)
 
+    def built(self) -> list[tuple[str, str, Channel]]:
+        """Every adapter built from workspace settings, as (workspace id, channel, adapter)."""
+        return [(ws, name, adapter) for (ws, name), (_, adapter) in list(self._built.items())]
+
     async def aclose(self) -> None:
         """Close every adapter built, the defaults, and the HTTP client if the registry made it."""
         built = [adapter for _, adapter in self._built.values()]
