@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from touchline.store.db import make_engine, migrate
+from touchline.store.tables import metadata
 
 PG_ADMIN_URL = os.environ.get(
     "TOUCHLINE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -91,16 +93,38 @@ def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
     return f"sqlite:///{path}"
 
 
-@pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    pg_admin: Engine = request.getfixturevalue("pg_admin")
-    template: str = request.getfixturevalue("pg_template")
-    name = f"tl_{uuid.uuid4().hex[:16]}"
+@pytest.fixture(scope="session")
+def pg_worker_db(pg_admin: Engine, pg_template: str) -> Iterator[Engine]:
+    """This test process's own database, cloned once; tests empty it instead of cloning.
+
+    Cloning a database costs a second or more on a busy machine; emptying every
+    table with one TRUNCATE costs milliseconds, and leaves the same state: the
+    migrated schema, no rows, identities restarted.
+    """
+    name = f"tl_work_{uuid.uuid4().hex[:12]}"
     with pg_admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield _pg_url(name)
+        conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"'))
+    engine = create_engine(_pg_url(name), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    yield engine
+    engine.dispose()
     with pg_admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> str:
+    worker_db: Engine = request.getfixturevalue("pg_worker_db")
+    tables = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    with worker_db.connect() as conn:
+        # Connections a previous test leaked would block the TRUNCATE's lock.
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY"))
+    return worker_db.url.render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

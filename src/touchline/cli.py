@@ -438,8 +438,8 @@ def simulate(
 ) -> None:
     """Replay Segment-format events (NDJSON) through the journeys on a virtual clock.
 
-    Prints one JSON object per message with its ``outcome`` under the delivery
-    rules (sent, deferred or skipped), the ``reason`` and ``at``, the time it
+    Prints one JSON object per message with its "outcome" under the delivery
+    rules (sent, deferred or skipped), the "reason" and "at", the time it
     would really go out. Nothing is delivered.
     """
     from touchline.journeys.localtime import zone

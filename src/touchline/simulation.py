@@ -36,7 +36,7 @@ from touchline.errors import InputError
 from touchline.ingest.segment import parse_payload
 from touchline.journeys.loader import LoadedJourney
 from touchline.messaging.policies import Decision
-from touchline.messaging.rules import ADDRESS_FIELDS, PolicyCache, address_of, apply_verdict, judge
+from touchline.messaging.rules import PolicyCache, apply_verdict, judge, unreachable
 from touchline.store.db import make_engine, migrate, transaction
 from touchline.store.ingest import ingest
 from touchline.store.journeys import apply_journeys
@@ -237,8 +237,9 @@ class Simulation:
         first_reason: str | None = None
         policy = self.policies.get(conn, row.workspace_id)
         for _ in range(MAX_DEFERRALS):
-            if not address_of(row.channel, profile):
-                decision = Decision("skip", f"no_{ADDRESS_FIELDS.get(row.channel, 'user_id')}")
+            skip = unreachable(row, profile)
+            if skip is not None:
+                decision = skip
             else:
                 decision = judge(
                     conn, row, profile, journey_key=row.journey_key, policy=policy, now=at

@@ -226,8 +226,9 @@ def serve(
 def postgres_database(admin: Engine, template: str) -> Iterator[str]:
     """A fresh PostgreSQL database cloned from the migrated ``template``; dropped after.
 
-    The same as the ``pg_url`` fixture of ``tests/conftest.py``, for fixtures
-    wider than one test (``pg_admin`` and ``pg_template`` are session-wide).
+    For fixtures wider than one test (``pg_admin`` and ``pg_template`` are
+    session-wide); the per-test ``pg_url`` of ``tests/conftest.py`` empties
+    one database per test process instead.
     """
     name = f"tl_{uuid.uuid4().hex[:16]}"
     with admin.connect() as conn:

@@ -50,12 +50,12 @@ from touchline.messaging.policies import Decision
 from touchline.messaging.receipts import receipt_from_report, record_receipt
 from touchline.messaging.registry import ChannelRegistry
 from touchline.messaging.rules import (
-    ADDRESS_FIELDS,
     PolicyCache,
     address_of,
     apply_verdict,
     judge,
     lock_customer,
+    unreachable,
 )
 from touchline.messaging.templates import RenderContext, RenderError
 from touchline.store.consent import CONFIRMATION_REQUESTED, suppress
@@ -237,12 +237,9 @@ class Dispatcher:
         return cleared
 
     def _decide(self, conn: Any, row: Any, profile: Any, now: datetime) -> Decision:
-        address = address_of(row.channel, profile)
-        if not address:
-            field = ADDRESS_FIELDS.get(row.channel, "user_id")
-            return Decision("skip", f"no_{field}", None, f"the customer has no {field}")
-        if row.channel == "sms" and profile.phone_valid is False:
-            return Decision("skip", "invalid_phone", None, f"{address} is not a valid number")
+        skip = unreachable(row, profile)
+        if skip is not None:
+            return skip
         policy = self.policies.get(conn, row.workspace_id)
         return judge(conn, row, profile, journey_key=row.journey_key, policy=policy, now=now)
 

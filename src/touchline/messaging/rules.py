@@ -98,6 +98,17 @@ def address_of(channel: str, profile: Any) -> str | None:
     return str(value) if value else None
 
 
+def unreachable(row: Any, profile: Any) -> Decision | None:
+    """A skip when the customer has no usable address for the row's channel, else None."""
+    address = address_of(row.channel, profile)
+    if not address:
+        field = ADDRESS_FIELDS.get(row.channel, "user_id")
+        return Decision("skip", f"no_{field}", None, f"the customer has no {field}")
+    if row.channel == "sms" and profile.phone_valid is False:
+        return Decision("skip", "invalid_phone", None, f"{address} is not a valid number")
+    return None
+
+
 def lock_customer(conn: Connection, profile_id: int) -> None:
     """Serialise decisions for one customer until the transaction ends (see module doc)."""
     if conn.dialect.name == "postgresql":
@@ -226,4 +237,5 @@ __all__ = [
     "judge",
     "lock_customer",
     "recent_sends",
+    "unreachable",
 ]
