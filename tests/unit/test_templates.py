@@ -233,6 +233,29 @@ def test_utm_in_text_body() -> None:
     )
 
 
+def test_own_links_get_no_utm() -> None:
+    """The customer's unsubscribe and preference links are left as signed, without utm_*."""
+    template = compile_template(
+        Template(
+            "promo",
+            "email",
+            subject="s",
+            html='<a href="{{ links.unsubscribe_url }}">x</a> <a href="https://shop.ru/">y</a>',
+        )
+    )
+    links = {
+        "unsubscribe_url": "https://t.example/u/ws.abc",
+        "preferences_url": "https://t.example/p/ws.d",
+    }
+    out = template.render(RenderContext(profile={}, now=NOW, journey="j", links=links))
+    assert 'href="https://t.example/u/ws.abc"' in (out.html or "")
+    assert "https://t.example/u/ws.abc\n" in repr(out.text) or "https://t.example/u/ws.abc" in (
+        out.text or ""
+    )
+    assert "https://t.example/u/ws.abc?" not in (out.text or "") + (out.html or "")
+    assert "https://shop.ru/?utm_source" in (out.html or "")
+
+
 def test_utm_is_configurable() -> None:
     """utm overrides a value, adds a term, and null leaves a parameter out."""
     params = utm_params(

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date, datetime, tzinfo
@@ -612,18 +612,19 @@ class CompiledTemplate:
     def _finish(self, out: Mapping[Part, str | None], context: RenderContext) -> RenderedMessage:
         t = self.template
         params = utm_params(t.utm, channel=t.channel, journey=context.journey, template=t.name)
+        own = frozenset(context.links.values())  # touchline's own links are not campaign traffic
         subject = out["subject"]
         if subject is not None:
             subject = " ".join(subject.split())  # one header line, whatever the template did
         html = out["html"]
         text = out["text"]
         if html is not None:
-            html = with_utm_html(html, params)
+            html = with_utm_html(html, params, keep=own)
             if text is None:
                 text = html_to_text(html)
             html = inline_css(html)
         if text is not None:
-            text = with_utm(text, params)
+            text = with_utm(text, params, keep=own)
         return RenderedMessage(subject=subject, html=html, text=text)
 
 
@@ -687,9 +688,10 @@ def utm_params(
     return out
 
 
-def add_utm(url: str, params: Mapping[str, str]) -> str:
-    """``url`` with the ``params`` it lacks appended to its query; non-http(s) URLs unchanged."""
-    if not params or not re.match(r"(?i)https?://", url):
+def add_utm(url: str, params: Mapping[str, str], *, keep: Collection[str] = ()) -> str:
+    """``url`` with the ``params`` it lacks appended to its query; non-http(s) URLs and
+    those in ``keep`` unchanged."""
+    if not params or url in keep or not re.match(r"(?i)https?://", url):
         return url
     parts = urlsplit(url)
     present = {key for key, _ in parse_qsl(parts.query, keep_blank_values=True)}
@@ -705,20 +707,20 @@ _HREF = re.compile(r"""(\shref\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s>"']+))""", re
 _TEXT_URL = re.compile(r"""https?://[^\s<>"'()\[\]]+""", re.IGNORECASE)
 
 
-def with_utm_html(html: str, params: Mapping[str, str]) -> str:
+def with_utm_html(html: str, params: Mapping[str, str], *, keep: Collection[str] = ()) -> str:
     """``html`` with UTM parameters on the http(s) hrefs of its ``<a>`` and ``<area>`` tags."""
     if not params:
         return html
 
     def href(match: re.Match[str]) -> str:
         raw = next(g for g in match.groups()[1:] if g is not None)
-        url = add_utm(html_unescape(raw), params)
+        url = add_utm(html_unescape(raw), params, keep=keep)
         return f'{match.group(1)}"{html_escape(url, quote=True)}"'
 
     return _TAG.sub(lambda tag: _HREF.sub(href, tag.group(0)), html)
 
 
-def with_utm(text: str, params: Mapping[str, str]) -> str:
+def with_utm(text: str, params: Mapping[str, str], *, keep: Collection[str] = ()) -> str:
     """Plain ``text`` with UTM parameters on its http(s) URLs (trailing punctuation left out)."""
     if not params:
         return text
@@ -726,7 +728,7 @@ def with_utm(text: str, params: Mapping[str, str]) -> str:
     def one(match: re.Match[str]) -> str:
         url = match.group(0)
         stripped = url.rstrip(".,;:!?")
-        return add_utm(stripped, params) + url[len(stripped) :]
+        return add_utm(stripped, params, keep=keep) + url[len(stripped) :]
 
     return _TEXT_URL.sub(one, text)
 
