@@ -1,7 +1,7 @@
 """``python -m bench.run [--quick] [--store sqlite|postgresql|both]``: the benchmark report.
 
 Each row compares touchline with a baseline doing the same work in the same
-run (see :mod:`bench.ingest` and :mod:`bench.timers`), and prints the ratio
+run (see :mod:`bench.ingest`, :mod:`bench.timers` and :mod:`bench.e2e_smtp`), and prints the ratio
 touchline / baseline. The ratio, not the absolute rate, is what to compare
 between runs and machines. ``docs/benchmarks.md`` explains each row.
 
@@ -19,10 +19,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import ingest, timers
+from bench import e2e_smtp, ingest, timers
 from bench.common import STORES, Result, log, machine, render, workdir
 
-BENCHMARKS = ("ingest", "timers")
+BENCHMARKS = ("ingest", "timers", "e2e")
 # Functions shown per profile, by own time and by cumulative time.
 PROFILE_TOP = 25
 
@@ -32,11 +32,12 @@ class Scale:
     ingest_events: int
     ingest_users: int
     timers: int
+    e2e_orders: int
 
 
-FULL = Scale(ingest_events=50_000, ingest_users=5_000, timers=100_000)
+FULL = Scale(ingest_events=50_000, ingest_users=5_000, timers=100_000, e2e_orders=2_000)
 # Small enough for a smoke run in under two minutes on two cores, both stores.
-QUICK = Scale(ingest_events=10_000, ingest_users=1_000, timers=20_000)
+QUICK = Scale(ingest_events=10_000, ingest_users=1_000, timers=20_000, e2e_orders=300)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,13 +76,15 @@ def main(argv: list[str] | None = None) -> int:
                         analyze=args.analyze,
                         profile_to=prof,
                     )
-                else:
+                elif name == "timers":
                     result = timers.run(
                         kind,
                         folder,
                         count=scale.timers,
                         profile_to=prof.with_suffix(".prof") if prof else None,
                     )
+                else:
+                    result = e2e_smtp.run(kind, folder, count=scale.e2e_orders, profile_to=prof)
                 log(f"{name}/{kind}: ratio {result.ratio:.3g}")
                 results.append(result)
 
