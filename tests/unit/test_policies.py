@@ -871,3 +871,19 @@ def test_an_unknown_purpose_gets_the_marketing_rules() -> None:
     # then
     assert without_consent.reason == "no_consent"
     assert capped.reason == "cap:marketing email 1/1d"
+
+
+def test_a_pending_regrant_after_a_withdrawal_is_what_awaits_confirmation() -> None:
+    """Unsubscribed, then subscribed again unconfirmed: not granted, and the pending grant decides."""
+    from datetime import UTC, datetime
+
+    from touchline.messaging.policies import ConsentRecord, consent_state
+
+    t = datetime(2026, 3, 1, tzinfo=UTC)
+    records = [
+        ConsentRecord("email", "marketing", True, t, "signup"),
+        ConsentRecord("email", "marketing", False, t.replace(day=2), "one-click"),
+        ConsentRecord("email", "marketing", True, t.replace(day=3), "signup", confirmed=False),
+    ]
+    granted, record = consent_state(records, channel="email", purpose="marketing")
+    assert (granted, record) == (False, records[2])

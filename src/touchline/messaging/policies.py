@@ -297,7 +297,9 @@ def consent_state(
     The latest counting record wins (ties: the later in ``consents``). Grants
     with ``confirmed=False`` never count, so a pending re-subscription neither
     grants nor revokes. With no counting record the answer is ``(False, r)``
-    where ``r`` is the latest pending grant, or ``None`` if there is none.
+    where ``r`` is the latest pending grant, or ``None`` if there is none; a
+    pending grant newer than the latest withdrawal is returned the same way,
+    so it can be confirmed.
     """
     latest: ConsentRecord | None = None
     pending: ConsentRecord | None = None
@@ -311,6 +313,8 @@ def consent_state(
             latest = record
     if latest is None:
         return False, pending
+    if not latest.granted and pending is not None and pending.at >= latest.at:
+        return False, pending  # re-subscribing after a withdrawal: awaits confirmation
     return latest.granted, latest
 
 
