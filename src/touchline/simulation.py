@@ -234,6 +234,8 @@ class Simulation:
     def _judge(self, conn: Any, row: Any, profile: Any) -> tuple[datetime, str, str]:
         """Apply the delivery rules to one new message: (when it goes, outcome, reason)."""
         at = row.created_at
+        if row.status == "skipped":  # decided when recorded: the journey's control group
+            return at, "skipped", row.reason or "skipped"
         first_reason: str | None = None
         policy = self.policies.get(conn, row.workspace_id)
         for _ in range(MAX_DEFERRALS):

@@ -429,3 +429,31 @@ def test_double_opt_in_sends_a_confirmation_link_that_unlocks_marketing(engine: 
         ("confirm", "sent"),
         ("email-note", "sent"),
     ]
+
+
+def test_a_journey_holdout_records_but_never_sends_to_its_control_group(engine: Engine) -> None:
+    """holdout: 30 keeps ~30% of customers out, by a stable hash, and marks their messages."""
+    # given
+    shop = Shop(engine, {"promo": journey("promo", extra="holdout: 30")})
+    users = [f"u{i}" for i in range(200)]
+    shop.events(*[identify(u, email=f"{u}@example.ru", consent={"email": True}) for u in users])
+    # when
+    shop.events(*[track(u, "promo") for u in users])
+    d = shop.dispatcher()
+    while asyncio.run(d.run_once(shop.clock.now())):
+        pass
+    # then
+    rows = shop.rows()
+    held = [r for r in rows if r.reason == "holdout"]
+    assert all(r.status == "skipped" for r in held)
+    assert 40 <= len(held) <= 80  # 30% of 200, give or take chance
+    assert len(shop.capture.messages) == len(rows) - len(held)
+    from touchline.journeys.engine import in_holdout
+
+    with engine.connect() as conn:
+        held_users = set(
+            conn.execute(
+                select(profiles.c.user_id).where(profiles.c.id.in_([r.profile_id for r in held]))
+            ).scalars()
+        )
+    assert held_users == {u for u in users if in_holdout("promo", u, 30)}

@@ -127,6 +127,7 @@ class Send:
     variant: str | None
     when_capped: str
     cap_exempt: bool = False
+    held_out: bool = False  # the customer is in the journey's control group: record, don't send
 
 
 @dataclass(frozen=True)
@@ -260,6 +261,9 @@ def enter(
 ) -> Outcome:
     """Start a new instance (already decided by :func:`decide_entry`) and run it to its first wait."""
     run = _Run(spec, instance, profile=profile, event=event, now=now, tz=workspace_timezone)
+    if spec.holdout and in_holdout(spec.journey, profile.key, spec.holdout):
+        # Decided once, at entry: changing the percentage later moves no one already inside.
+        run.instance.context["holdout"] = True
     for match in spec.exit_on:
         run.emit(Listen("exit", match.event, None, run.match_value(match), None))
     if spec.goal:
@@ -527,6 +531,7 @@ class _Run:
                 variant=variant,
                 when_capped=send.when_capped,
                 cap_exempt=self.spec.cap_exempt,
+                held_out=purpose == "marketing" and bool(inst.context.get("holdout")),
             )
         )
 
@@ -548,6 +553,12 @@ class _Run:
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+def in_holdout(journey: str, customer: str, percent: float) -> bool:
+    """Whether a customer is in a journey's control group: the same answer every time."""
+    digest = hashlib.sha256(f"{journey}\x1fholdout\x1f{customer}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100 < percent
 
 
 def pick_variant(journey: str, step_id: str, customer: str, variants: list[Any]) -> Any:

@@ -188,6 +188,15 @@ class JourneySpec(_Model):
     description: str | None = None
     category: Category = Category.engaging
     status: Literal["active", "paused"] = "active"
+    holdout: float = Field(
+        default=0,
+        ge=0,
+        le=50,
+        description=(
+            "percent of customers (chosen by a stable hash of journey and customer) who go "
+            "through the journey but receive nothing: the control group that uplift is measured on"
+        ),
+    )
     cap_exempt: bool = Field(
         default=False,
         description="marketing sends of this journey ignore the workspace's frequency caps",

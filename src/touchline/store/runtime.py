@@ -355,7 +355,9 @@ class Runtime:
                         "category": cmd.category,
                         "variant": cmd.variant,
                         "payload": {"when_capped": cmd.when_capped, "cap_exempt": cmd.cap_exempt},
-                        "status": "pending",
+                        # A control-group customer's message is kept, never sent.
+                        "status": "skipped" if cmd.held_out else "pending",
+                        "reason": "holdout" if cmd.held_out else None,
                         "created_at": now,
                         "available_at": now,
                     },
