@@ -588,3 +588,53 @@ def test_template_key_must_match_the_url_and_workspaces_are_separate(shop: Shop)
     # then
     assert_error(mismatch, 400, "invalid_input")
     assert_error(foreign, 404, "not_found")
+
+
+def test_outbox_items_show_deferrals_and_delivery_reports(shop: Shop) -> None:
+    """Each outbox item carries deferred_reason, deferrals, delivery_status and delivery_at."""
+    from sqlalchemy import update
+
+    from touchline.store.db import transaction
+    from touchline.store.tables import outbox
+
+    # given: two reminders; the first was held twice by quiet hours, sent, then delivered
+    shop.ok(shop.apply({"cart.yaml": CART}))
+    shop.send(track("u1", "Product Added", {"cart_id": "c1"}))
+    shop.send(track("u2", "Product Added", {"cart_id": "c2"}))
+    shop.advance(timedelta(hours=2))
+    first, second = sorted(m["id"] for m in shop.ok(shop.get("/outbox"))["messages"])
+    delivered_at = T0 + timedelta(hours=12)
+    with transaction(shop.engine) as conn:
+        conn.execute(
+            update(outbox)
+            .where(outbox.c.id == first)
+            .values(
+                status="sent",
+                sent_at=T0 + timedelta(hours=11),
+                deferred_reason="quiet_hours",
+                deferrals=2,
+                delivery_status="delivered",
+                delivery_at=delivered_at,
+            )
+        )
+        conn.execute(update(outbox).where(outbox.c.id == second).values(status="sending"))
+    # when
+    by_id = {m["id"]: m for m in shop.ok(shop.get("/outbox"))["messages"]}
+    sending = shop.ok(shop.get("/outbox?status=sending"))["messages"]
+    # then
+    fields = ("status", "deferred_reason", "deferrals", "delivery_status", "delivery_at")
+    assert {k: by_id[first][k] for k in fields} == {
+        "status": "sent",
+        "deferred_reason": "quiet_hours",
+        "deferrals": 2,
+        "delivery_status": "delivered",
+        "delivery_at": delivered_at.isoformat(),
+    }
+    assert {k: by_id[second][k] for k in fields} == {
+        "status": "sending",
+        "deferred_reason": None,
+        "deferrals": 0,
+        "delivery_status": None,
+        "delivery_at": None,
+    }
+    assert [m["id"] for m in sending] == [second]

@@ -322,6 +322,10 @@ async def outbox_index(
                     "idempotency_key": r.idempotency_key,
                     "created_at": r.created_at.isoformat(),
                     "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+                    "deferred_reason": r.deferred_reason,
+                    "deferrals": r.deferrals,
+                    "delivery_status": r.delivery_status,
+                    "delivery_at": r.delivery_at.isoformat() if r.delivery_at else None,
                     "rendered": r.rendered,
                 }
                 for r in conn.execute(stmt)
