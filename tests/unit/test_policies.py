@@ -887,3 +887,47 @@ def test_a_pending_regrant_after_a_withdrawal_is_what_awaits_confirmation() -> N
     ]
     granted, record = consent_state(records, channel="email", purpose="marketing")
     assert (granted, record) == (False, records[2])
+
+
+def test_the_workspace_control_group_gets_no_marketing_but_gets_receipts() -> None:
+    """control_group: 20 skips marketing for a stable ~20% of customers; transactional still goes."""
+    from datetime import UTC, datetime
+
+    from touchline.messaging.policies import (
+        Candidate,
+        ConsentRecord,
+        Policy,
+        decide,
+        in_control_group,
+    )
+
+    now = datetime(2026, 3, 2, 12, tzinfo=UTC)
+    policy = Policy.from_settings({"control_group": 20, "caps": [], "quiet_hours": []})
+    customers = [f"c{i}" for i in range(1000)]
+    held = [c for c in customers if in_control_group(c, 20)]
+    assert 150 <= len(held) <= 250
+    granted = [ConsentRecord("email", "marketing", True, now, "signup")]
+    for customer, purpose in ((held[0], "marketing"), (held[0], "transactional")):
+        candidate = Candidate("email", purpose, "selling", "j", "a@b.ru", customer=customer)
+        outcome = decide(
+            candidate, consents=granted, suppressions=[], sent=[], policy=policy, now=now
+        )
+        assert outcome.reason == ("control_group" if purpose == "marketing" else "ok")
+    free = next(c for c in customers if c not in held)
+    candidate = Candidate("email", "marketing", "selling", "j", "a@b.ru", customer=free)
+    assert (
+        decide(
+            candidate, consents=granted, suppressions=[], sent=[], policy=policy, now=now
+        ).outcome
+        == "send"
+    )
+
+
+@pytest.mark.parametrize("value", [-1, 51, "10", True])
+def test_control_group_must_be_a_sane_percent(value: object) -> None:
+    """A control group outside 0-50% (or not a number) is refused, naming the field."""
+    from touchline.errors import InputError
+    from touchline.messaging.policies import Policy
+
+    with pytest.raises(InputError, match="control_group"):
+        Policy.from_settings({"control_group": value})

@@ -10,11 +10,14 @@ The rules run in a fixed order and the first that stops a message names it:
    blocks every message, transactional included; an unsubscribe or STOP reply
    blocks everything but transactional messages, until a later confirmed grant
    in the consent ledger lifts it (the customer opted in again).
-2. **consent** -- anything not ``transactional`` needs the latest counting
+2. **control group** -- a customer in the workspace-wide control group
+   (``control_group`` percent, a stable hash of the customer) gets no marketing.
+3. **consent** -- anything not ``transactional`` needs the latest counting
    record of the ledger for (channel, ``marketing``) to be a grant; grants with
-   ``confirmed=False`` (pending double opt-in) do not count.
-3. **frequency caps** -- marketing only; skip or defer per the candidate.
-4. **quiet hours** -- in the customer's own time zone; always defer.
+   ``confirmed=False`` (pending double opt-in) do not count; a withdrawn topic
+   (the journey's category) stops that topic only.
+4. **frequency caps** -- marketing only; skip or defer per the candidate.
+5. **quiet hours** -- in the customer's own time zone; always defer.
 
 Every ``defer`` carries a ``not_before`` past all time-based rules: deciding
 again at ``not_before`` with the same facts does not defer again.
@@ -22,6 +25,7 @@ again at ``not_before`` with the same facts does not defer again.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, time, timedelta
@@ -143,12 +147,15 @@ class Policy:
     caps: tuple[CapRule, ...] = ()
     quiet_hours: tuple[QuietHours, ...] = ()
     default_timezone: str = "UTC"
+    #: Percent of customers kept from all marketing, workspace-wide (see :func:`in_control_group`).
+    control_group: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> Policy:
         """Build a policy from a workspace's JSON settings.
 
-        Reads ``caps``, ``quiet_hours`` and ``default_timezone``; other top-level
+        Reads ``caps``, ``quiet_hours``, ``default_timezone`` and
+        ``control_group`` (percent, 0-50); other top-level
         keys belong to other features and are ignored. A missing key keeps
         :data:`DEFAULT_POLICY`'s value; an empty list turns that rule off.
         Raise :class:`InputError` naming the field (``caps[1].window``) on bad input.
@@ -167,7 +174,17 @@ class Policy:
             raise InputError(
                 f"default_timezone: {tz!r} is not an IANA time zone, e.g. Europe/Moscow"
             )
-        return cls(caps=caps, quiet_hours=quiet, default_timezone=tz)
+        control = settings.get("control_group", 0)
+        if (
+            isinstance(control, bool)
+            or not isinstance(control, int | float)
+            or not 0 <= control <= 50
+        ):
+            raise InputError(
+                f"control_group: {control!r} must be a percent from 0 to 50 "
+                "(customers kept from all marketing to measure it against)"
+            )
+        return cls(caps=caps, quiet_hours=quiet, default_timezone=tz, control_group=float(control))
 
 
 #: The seeds' guidance on not wearing customers out, as concrete numbers.
@@ -194,6 +211,7 @@ class Candidate:
     cap_exempt: bool = False
     when_capped: Literal["skip", "defer"] = "skip"
     topic: str | None = None  # the customer may opt out of one topic and keep the channel
+    customer: str = ""  # stable key (user id) for the workspace control group
 
 
 @dataclass(frozen=True)
@@ -243,6 +261,19 @@ def decide(
             f"{blocking.at.isoformat()}), which blocks {what}",
         )
 
+    if (
+        not transactional
+        and policy.control_group
+        and in_control_group(candidate.customer, policy.control_group)
+    ):
+        return Decision(
+            "skip",
+            "control_group",
+            None,
+            f"the customer is in the workspace control group ({policy.control_group:g}%), "
+            "which receives no marketing",
+        )
+
     if not transactional:
         granted, record = consent_state(consents, channel=candidate.channel, purpose=MARKETING)
         if not granted:
@@ -284,6 +315,14 @@ def decide(
             f"retry at {quiet_end.isoformat()}",
         )
     return SEND
+
+
+def in_control_group(customer: str, percent: float) -> bool:
+    """Whether a customer is in the workspace control group: a stable hash, the same every time."""
+    if not customer or percent <= 0:
+        return False
+    digest = hashlib.sha256(f"workspace-control\x1f{customer}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100 < percent
 
 
 def consent_state(
@@ -524,5 +563,6 @@ __all__ = [
     "cap_window_start",
     "consent_state",
     "decide",
+    "in_control_group",
     "quiet_until",
 ]

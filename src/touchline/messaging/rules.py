@@ -143,6 +143,7 @@ def judge(
         cap_exempt=bool(payload.get("cap_exempt")),
         when_capped="defer" if payload.get("when_capped") == "defer" else "skip",
         topic=row.category if purpose == MARKETING else None,
+        customer=profile.user_id or f"#{profile.id}",
     )
     consents = load_consents(conn, row.workspace_id, profile.id) if purpose == MARKETING else []
     suppressions = load_suppressions(conn, row.workspace_id, [(row.channel, address)])

@@ -91,6 +91,7 @@ TOP_LEVEL_KEYS = (
     "topics",
     "sender",
     "channels",
+    "control_group",
 )
 SENDER_KEYS = ("email_from", "reply_to", "sms_sender", "unsubscribe_mailto")
 CHANNEL_NAMES = ("email", "sms", "telegram", "webhook")
