@@ -659,5 +659,80 @@ def worker(ctx: click.Context) -> None:
         thread.join(timeout=30)
 
 
+# -- reports ---------------------------------------------------------------------
+
+
+@main.group()
+def report() -> None:
+    """Reports over the stored events."""
+
+
+@report.command("funnel")
+@click.option(
+    "--steps",
+    required=True,
+    help='event names in order, comma-separated, e.g. "Product Viewed,Order Completed"',
+)
+@click.option(
+    "--where",
+    "conditions",
+    multiple=True,
+    metavar="N=CONDITION",
+    help="a condition step N's event must meet, e.g. '2=event.properties.total > 100'",
+)
+@click.option("--window", default="7d", show_default=True, help="time allowed after step 1")
+@click.option("--since", type=click.DateTime(), help="period start, UTC (default: until - 30d)")
+@click.option("--until", type=click.DateTime(), help="period end, exclusive, UTC (default: now)")
+@click.option("--split-by-journey", "journey", metavar="KEY", help="split by this journey")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+@click.option("--workspace", envvar="TOUCHLINE_WORKSPACE", help="workspace id")
+@click.pass_context
+def report_funnel(
+    ctx: click.Context,
+    steps: str,
+    conditions: tuple[str, ...],
+    window: str,
+    since: datetime | None,
+    until: datetime | None,
+    journey: str | None,
+    fmt: str,
+    workspace: str | None,
+) -> None:
+    """Customers reaching each of a sequence of events within a window: where they drop."""
+    from touchline.measure.funnels import (
+        build_funnel,
+        compute_funnel,
+        parse_steps,
+        render_table,
+        resolve_period,
+    )
+
+    try:
+        funnel = build_funnel(parse_steps(steps, conditions), window=window)
+        start, end = resolve_period(since, until, now=SystemClock().now())
+    except TouchlineError as exc:
+        raise click.UsageError(exc.message) from None
+    ws = _workspace(ctx, workspace)
+    try:
+        with _engine(ctx).connect() as conn:
+            found = compute_funnel(
+                conn, ws, funnel, since=start, until=end, split_by_journey=journey
+            )
+    except TouchlineError as exc:
+        raise click.ClickException(exc.message) from None
+    if fmt == "json":
+        click.echo(json.dumps(found.as_dict(), indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        click.echo(found.to_csv(), nl=False)
+    else:
+        render_table(found, sys.stdout)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

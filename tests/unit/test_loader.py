@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-import time
 from datetime import time as clock_time
 from datetime import timedelta
 from pathlib import Path
@@ -526,15 +525,13 @@ def test_deep_nesting_is_refused_without_recursion_error() -> None:
     assert problem.message == "the file is nested more than 64 levels deep"
 
 
-def test_alias_bomb_is_stopped_quickly() -> None:
-    """A "billion laughs" document is refused by the node limit, in well under a second."""
+def test_alias_bomb_is_stopped_by_the_node_limit() -> None:
+    """A "billion laughs" document (10^9 values) is refused once it passes the node limit."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
-    started = time.perf_counter()
 
     problem = only_problem("\n".join(lines) + "\n")
 
-    assert time.perf_counter() - started < 1.0
     assert problem.field == DOCUMENT_FIELD
     assert "more than 20000 YAML values" in problem.message
 

@@ -35,7 +35,7 @@ from touchline.errors import TouchlineError
 from touchline.store.db import make_engine, migrate
 from touchline.store.workspaces import KeyCache
 from touchline.web import public
-from touchline.web.api import admin, callbacks, consent, ingest, promo, tasks
+from touchline.web.api import admin, callbacks, consent, ingest, promo, reports, tasks
 from touchline.web.api import settings as settings_api
 
 log = logging.getLogger("touchline.web")
@@ -89,6 +89,7 @@ def create_app(
     app.include_router(public.router)
     app.include_router(settings_api.router)
     app.include_router(callbacks.router)
+    app.include_router(reports.router)
     return app
 
 

@@ -1,0 +1,1 @@
+"""Measuring what journeys and customers do: reports over the stored events."""
