@@ -169,32 +169,12 @@ def _emit(
     now: datetime,
 ) -> None:
     """Record the delivery event for the message's customer, once per message and status."""
-    profile = conn.execute(
-        select(profiles.c.user_id, profiles.c.last_seen_at).where(profiles.c.id == row.profile_id)
-    ).first()
-    if profile is None:
-        log.warning("message %s: its customer %s is gone; no event", row.id, row.profile_id)
-        return
-    anonymous_id = None
-    if profile.user_id is None:
-        anonymous_id = conn.execute(
-            select(identities.c.value)
-            .where(
-                identities.c.workspace_id == workspace_id,
-                identities.c.profile_id == row.profile_id,
-                identities.c.kind == "anonymous_id",
-            )
-            .order_by(identities.c.value)
-            .limit(1)
-        ).scalar_one_or_none()
-        if anonymous_id is None:
-            log.warning("message %s: its customer has no id to record an event under", row.id)
-            return
-    event = IncomingEvent(
-        type="track",
+    emit_message_event(
+        conn,
+        workspace_id,
+        outbox_id=row.id,
+        profile_id=row.profile_id,
         message_id=f"delivery:{row.id}:{status}",
-        user_id=profile.user_id,
-        anonymous_id=anonymous_id,
         name=EVENT_NAMES[status],
         properties={
             "message_id": row.id,
@@ -206,19 +186,68 @@ def _emit(
             "status": status,
             "detail": receipt.detail,
         },
+        now=now,
+    )
+
+
+def emit_message_event(
+    conn: Connection,
+    workspace_id: str,
+    *,
+    outbox_id: int,
+    profile_id: int,
+    message_id: str,
+    name: str,
+    properties: dict[str, Any],
+    now: datetime,
+) -> bool:
+    """Record event ``name`` about message ``outbox_id`` for its customer; True if it is new.
+
+    ``message_id`` deduplicates it like any event. A customer known only by
+    an anonymous id gets it under that id; one with neither id gets none.
+    ``last_seen_at`` is kept: a message's fate is not the customer showing up.
+    """
+    profile = conn.execute(
+        select(profiles.c.user_id, profiles.c.last_seen_at).where(profiles.c.id == profile_id)
+    ).first()
+    if profile is None:
+        log.warning("message %s: its customer %s is gone; no event", outbox_id, profile_id)
+        return False
+    anonymous_id = None
+    if profile.user_id is None:
+        anonymous_id = conn.execute(
+            select(identities.c.value)
+            .where(
+                identities.c.workspace_id == workspace_id,
+                identities.c.profile_id == profile_id,
+                identities.c.kind == "anonymous_id",
+            )
+            .order_by(identities.c.value)
+            .limit(1)
+        ).scalar_one_or_none()
+        if anonymous_id is None:
+            log.warning("message %s: its customer has no id to record an event under", outbox_id)
+            return False
+    event = IncomingEvent(
+        type="track",
+        message_id=message_id,
+        user_id=profile.user_id,
+        anonymous_id=anonymous_id,
+        name=name,
+        properties=properties,
         traits=None,
         context={},
         timestamp=now,
         sent_at=None,
         received_at=now,
     )
-    ingest_events(conn, workspace_id, [event], now=now)
-    # A provider's report is not the customer showing up: keep last_seen_at as it was.
+    result = ingest_events(conn, workspace_id, [event], now=now)
     conn.execute(
         update(profiles)
-        .where(profiles.c.id == row.profile_id)
+        .where(profiles.c.id == profile_id)
         .values(last_seen_at=profile.last_seen_at)
     )
+    return result.accepted > 0
 
 
 __all__ = [
@@ -226,6 +255,7 @@ __all__ = [
     "STATUS_RANK",
     "DeliveryStatus",
     "Receipt",
+    "emit_message_event",
     "receipt_from_report",
     "record_receipt",
 ]

@@ -400,6 +400,40 @@ tasks = Table(
     Index("ix_tasks_ws_profile", "workspace_id", "profile_id"),
 )
 
+message_events = Table(
+    "message_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("outbox_id", BigId, nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("journey_id", BigId),
+    Column("channel", String(64), nullable=False),
+    # sent | delivered | opened | clicked | bounced | complained | unsubscribed | failed
+    Column("kind", String(16), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("url", Text),  # the destination of a click
+    Column("ip", String(64)),
+    Column("user_agent", String(500)),
+    # A privacy-proxy prefetch or a link scanner, not a person: left out of rates.
+    Column("machine", Boolean, nullable=False, default=False),
+    Column("detail", Text),
+    Index("ix_message_events_ws_outbox_kind", "workspace_id", "outbox_id", "kind"),
+    Index("ix_message_events_ws_at", "workspace_id", "at"),
+)
+
+short_links = Table(
+    "short_links",
+    metadata,
+    # Random base62: unique across workspaces, since /s/{code} names no workspace.
+    Column("code", String(16), primary_key=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("outbox_id", BigId, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Index("ix_short_links_ws_outbox", "workspace_id", "outbox_id"),
+)
+
 __all__ = [
     "metadata",
     "workspaces",
@@ -421,6 +455,8 @@ __all__ = [
     "promo_pools",
     "promo_codes",
     "tasks",
+    "message_events",
+    "short_links",
     "EVENT_PENDING",
     "EVENT_DONE",
     "EVENT_FAILED",

@@ -34,7 +34,7 @@ from touchline.config import Settings
 from touchline.errors import TouchlineError
 from touchline.store.db import make_engine, migrate
 from touchline.store.workspaces import KeyCache
-from touchline.web import public
+from touchline.web import public, track
 from touchline.web.api import admin, callbacks, consent, ingest, promo, reports, tasks
 from touchline.web.api import settings as settings_api
 
@@ -87,6 +87,7 @@ def create_app(
     app.include_router(tasks.router)
     app.include_router(promo.router)
     app.include_router(public.router)
+    app.include_router(track.router)
     app.include_router(settings_api.router)
     app.include_router(callbacks.router)
     app.include_router(reports.router)
