@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import textwrap
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from sqlalchemy import Engine, select
 
 from touchline.errors import PermanentDeliveryError, TransientDeliveryError
 from touchline.journeys.loader import LoadedJourney, load_journey_text
+from touchline.measure.tokens import read_track_token
 from touchline.messaging.channels.base import OutgoingMessage, SendResult
 from touchline.messaging.channels.capture import CaptureChannel
 from touchline.messaging.dispatcher import Dispatcher
@@ -20,7 +22,7 @@ from touchline.store.db import transaction
 from touchline.store.journeys import apply_journeys
 from touchline.store.tables import outbox
 from touchline.store.templates import apply_templates
-from touchline.store.workspaces import create_workspace
+from touchline.store.workspaces import create_workspace, link_secret
 from touchline.testing import FrozenClock, identify, run_until_idle, send_events, track
 from touchline.worker.loop import Worker
 
@@ -142,7 +144,12 @@ def test_message_is_rendered_sent_and_recorded(engine: Engine) -> None:
     )
     assert row.rendered["subject"] == "Анна, спасибо за заказ A-7"
     assert "1\xa0990,00\xa0₽" in row.rendered["html"]
-    assert "utm_campaign=thanks" in row.rendered["html"]
+    # the shop link is tracked: a signed click link whose destination carries the UTM tags
+    (token,) = re.findall(r'href="http://127\.0\.0\.1:8000/t/c/([^"]+)"', row.rendered["html"])
+    with engine.connect() as conn:
+        claims = read_track_token(link_secret(conn, ws), token, kind="click")
+    assert claims.url is not None and "utm_campaign=thanks" in claims.url
+    assert "/t/o/" in row.rendered["html"]  # the open pixel
     assert capture.messages[0].idempotency_key == row.idempotency_key
 
 

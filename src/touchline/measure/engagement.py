@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, distinct, func, select, update
 
 from touchline.measure.machines import BURST_WINDOW, HitKind, PriorHit, machine_reason
+from touchline.measure.rollups import bump_message
 from touchline.messaging.receipts import emit_message_event
 from touchline.store.tables import journeys, message_events, outbox
 
@@ -199,6 +200,8 @@ def record_hit(conn: Connection, hit: Hit) -> HitResult | None:
             .where(message_events.c.id.in_(others), message_events.c.machine.is_(False))
             .values(machine=True, detail="burst")
         )
+    if reason is not None:
+        bump_message(conn, hit.outbox_id, at=hit.at, **{f"machine_{hit.kind}": 1})
     emitted = False
     if reason is None:
         emitted = emit_message_event(
@@ -218,6 +221,8 @@ def record_hit(conn: Connection, hit: Hit) -> HitResult | None:
             },
             now=hit.at,
         )
+    if emitted:  # the first time a person opened, or clicked, this message
+        bump_message(conn, hit.outbox_id, at=hit.at, **{hit.kind: 1})
     return HitResult(event_id=event_id, machine=reason is not None, reason=reason, emitted=emitted)
 
 

@@ -43,6 +43,10 @@ from sqlalchemy import Engine, or_, select, update
 
 from touchline.clock import Clock
 from touchline.errors import PermanentDeliveryError, TouchlineError, TransientDeliveryError
+from touchline.measure.engagement import record_message_event
+from touchline.measure.rollups import bump, bump_message
+from touchline.measure.tracking import track_rendered
+from touchline.messaging import sms
 from touchline.messaging.channels.base import Channel, OutgoingMessage, SendResult
 from touchline.messaging.links import confirm_url, links_for_message
 from touchline.messaging.phone import INVALID_NUMBER
@@ -86,6 +90,7 @@ class Prepared:
     channel: str
     message: OutgoingMessage | None
     outcome: tuple[str, str, str | None] | None = None  # status, reason, error
+    workspace_id: str = ""
 
 
 @dataclass
@@ -231,6 +236,16 @@ class Dispatcher:
                 elif status == "skipped":
                     self.totals.skipped += 1
                     self.totals.by_reason[decision.reason] += 1
+                    bump(
+                        conn,
+                        workspace_id=row.workspace_id,
+                        at=now,
+                        journey_id=row.journey_id,
+                        step_id=row.step_id,
+                        variant=row.variant,
+                        channel=row.channel,
+                        skipped=1,
+                    )
                 else:
                     self.totals.deferred += 1
                     self.totals.by_reason[decision.reason] += 1
@@ -287,17 +302,32 @@ class Dispatcher:
                     ),
                 )
             )
+            html, text = rendered.html, rendered.text
+            if self.public_url is not None:  # click links, the open pixel, SMS short links
+                html, text = track_rendered(
+                    conn,
+                    channel=row.channel,
+                    html=html,
+                    text=text,
+                    public_url=self.public_url,
+                    workspace_id=row.workspace_id,
+                    outbox_id=row.id,
+                    now=now,
+                    skip=set(links.values()),
+                )
         except RenderError as exc:
-            return Prepared(row.id, row.channel, None, ("failed", "render_failed", exc.message))
+            failed = ("failed", "render_failed", exc.message)
+            return Prepared(row.id, row.channel, None, failed, row.workspace_id)
         except TouchlineError as exc:
-            return Prepared(row.id, row.channel, None, ("failed", exc.code, exc.message))
+            failed = ("failed", exc.code, exc.message)
+            return Prepared(row.id, row.channel, None, failed, row.workspace_id)
         message = OutgoingMessage(
             idempotency_key=row.idempotency_key,
             channel=row.channel,
             to=address,
-            text=rendered.text or "",
+            text=text or "",
             subject=rendered.subject,
-            html=rendered.html,
+            html=html,
             metadata={
                 "purpose": row.purpose,
                 "category": row.category,
@@ -309,10 +339,11 @@ class Dispatcher:
                 "template": row.template,
                 "workspace_id": row.workspace_id,
                 "outbox_id": row.id,
+                "variant": row.variant,
                 **links,
             },
         )
-        return Prepared(row.id, row.channel, message)
+        return Prepared(row.id, row.channel, message, None, row.workspace_id)
 
     def _links(self, conn: Any, row: Any, now: datetime) -> dict[str, str]:
         """Unsubscribe and preference links for marketing messages; the confirmation
@@ -397,11 +428,28 @@ class Dispatcher:
                     self.totals.failed += 1
                     if address and _is_hard_bounce(error):
                         self._suppress_bounce(conn, item, address, error, now)
-                conn.execute(
+                written = conn.execute(
                     update(outbox)
                     .where(*mine)
                     .values(**cleared, **values, rendered=rendered, address=address)
-                )
+                ).rowcount
+                if written and values.get("status") in ("sent", "failed"):
+                    self._count(conn, item, str(values["status"]), now, detail=values.get("reason"))
+
+    def _count(self, conn: Any, item: Prepared, status: str, now: datetime, *, detail: Any) -> None:
+        """The message event and the report counters of a sent or failed message."""
+        record_message_event(
+            conn,
+            workspace_id=item.workspace_id,
+            outbox_id=item.id,
+            kind=status,
+            at=now,
+            detail=None if status == "sent" else str(detail),
+        )
+        counters: dict[str, int] = {status: 1}
+        if status == "sent" and item.channel == "sms" and item.message is not None:
+            counters["sms_parts"] = sms.analyse(item.message.text).parts
+        bump_message(conn, item.id, at=now, **counters)
 
     def _suppress_bounce(
         self, conn: Any, item: Prepared, address: str, error: TouchlineError, now: datetime

@@ -156,6 +156,17 @@ def _record(
             detail=receipt.detail,
         )
     _emit(conn, workspace_id, row, receipt=receipt, status=receipt.status, now=now)
+    # The message's own history and the report counters (an undelivered SMS is a failure);
+    # imported here because engagement builds on this module.
+    from touchline.measure.engagement import record_message_event
+    from touchline.measure.rollups import bump_message
+
+    kind = "failed" if receipt.status == "undelivered" else receipt.status
+    detail = receipt.detail if kind != "failed" else f"undelivered: {receipt.detail or ''}"
+    record_message_event(
+        conn, workspace_id=workspace_id, outbox_id=row.id, kind=kind, at=now, detail=detail
+    )
+    bump_message(conn, row.id, at=now, **{receipt.status: 1})
     return {"matched": True, "message_id": row.id, "status": receipt.status, "changed": True}
 
 

@@ -92,6 +92,7 @@ TOP_LEVEL_KEYS = (
     "sender",
     "channels",
     "control_group",
+    "attribution",
 )
 SENDER_KEYS = ("email_from", "reply_to", "sms_sender", "unsubscribe_mailto")
 CHANNEL_NAMES = ("email", "sms", "telegram", "webhook")
@@ -175,6 +176,9 @@ class WorkspaceSettings:
         if timezone and "default_timezone" not in document:
             policy_doc = {**document, "default_timezone": timezone}
         policy = Policy.from_settings(policy_doc)
+        from touchline.measure.attribution import AttributionRules  # measure builds on messaging
+
+        AttributionRules.from_settings(document)
         sender = parse_sender(document.get("sender"))
         return cls(
             policy=policy,

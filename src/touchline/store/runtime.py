@@ -14,9 +14,11 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, delete, func, literal, select, update
 
+from touchline.errors import TouchlineError
 from touchline.journeys import engine as eng
 from touchline.journeys.localtime import zone
 from touchline.journeys.spec import JourneySpec
+from touchline.measure.rollups import bump, conversion_counters
 from touchline.store.consent import consent_from_identify, request_confirmation
 from touchline.store.db import insert_ignore
 from touchline.store.journeys import SpecCache
@@ -194,7 +196,30 @@ class Runtime:
             from touchline.store.promo import redeem_from_event  # promo imports this module
 
             redeem_from_event(conn, workspace_id, event_row)
+        if event_row.type == "track":
+            self._attribute(conn, event_row, profile)
         return stats
+
+    def _attribute(self, conn: Connection, event_row: Any, profile: eng.ProfileView) -> None:
+        """A conversion event goes to the customer's last qualifying message touch."""
+        from touchline.measure.attribution import AttributionRules, attribute
+        from touchline.store.promo import order_value
+
+        try:
+            rules = AttributionRules.from_settings(workspace_settings(conn, event_row.workspace_id))
+        except TouchlineError:
+            rules = AttributionRules()  # the settings API refuses such documents anyway
+        if event_row.name not in rules.events:
+            return
+        attribute(
+            conn,
+            workspace_id=event_row.workspace_id,
+            profile_id=profile.id,
+            event_id=event_row.id,
+            at=event_row.timestamp,
+            value=order_value(event_row.properties or {}),
+            rules=rules,
+        )
 
     def _record_consent(
         self, conn: Connection, event_row: Any, profile: eng.ProfileView, *, now: datetime
@@ -273,6 +298,15 @@ class Runtime:
             stats.entered += 1
             outcome = eng.enter(
                 spec, instance, profile=profile, event=event, now=now, workspace_timezone=tz
+            )
+            held = bool(outcome.instance.context.get("holdout"))
+            bump(
+                conn,
+                workspace_id=workspace_id,
+                at=now,
+                journey_id=journey_id,
+                entered=0 if held else 1,
+                holdout_entered=1 if held else 0,
             )
             inst_row = _InstanceRow(instance_id, workspace_id, journey_id, version_id, profile.id)
             self.apply(conn, spec, inst_row, outcome, profile=profile, now=now, stats=stats)
@@ -420,7 +454,7 @@ class Runtime:
                     }
                 )
             elif isinstance(cmd, eng.Convert):
-                stats.conversions += insert_ignore(
+                converted = insert_ignore(
                     conn,
                     conversions,
                     {
@@ -435,6 +469,15 @@ class Runtime:
                     },
                     key=["instance_id"],
                 )
+                stats.conversions += converted
+                if converted:
+                    bump(
+                        conn,
+                        workspace_id=ws,
+                        at=cmd.at,
+                        journey_id=inst_row.journey_id,
+                        **conversion_counters(cmd.value, holdout=bool(inst.context.get("holdout"))),
+                    )
             elif isinstance(cmd, eng.End):
                 conn.execute(delete(timers).where(timers.c.instance_id == inst.id))
                 keep = [listeners.c.kind != "goal"] if cmd.keep_goal else []

@@ -10,6 +10,7 @@ Hot paths and the indexes that serve them:
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -420,6 +421,8 @@ message_events = Table(
     Column("detail", Text),
     Index("ix_message_events_ws_outbox_kind", "workspace_id", "outbox_id", "kind"),
     Index("ix_message_events_ws_at", "workspace_id", "at"),
+    # attribution: a customer's latest touches before a conversion
+    Index("ix_message_events_ws_profile_at", "workspace_id", "profile_id", "at"),
 )
 
 short_links = Table(
@@ -432,6 +435,61 @@ short_links = Table(
     Column("url", Text, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Index("ix_short_links_ws_outbox", "workspace_id", "outbox_id"),
+)
+
+daily_stats = Table(
+    "daily_stats",
+    metadata,
+    # One row per (workspace, UTC day, journey, step, variant, channel); see measure.rollups.
+    Column("workspace_id", String(WS), primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("journey_id", BigInteger, primary_key=True),  # 0: no journey
+    Column("step_id", String(64), primary_key=True),  # "": the journey as a whole
+    Column("variant", String(64), primary_key=True),  # "": no split
+    Column("channel", String(64), primary_key=True),  # "": not a message fact
+    Column("entered", BigInteger, nullable=False, server_default="0"),
+    Column("holdout_entered", BigInteger, nullable=False, server_default="0"),
+    Column("sent", BigInteger, nullable=False, server_default="0"),
+    Column("delivered", BigInteger, nullable=False, server_default="0"),
+    Column("undelivered", BigInteger, nullable=False, server_default="0"),
+    Column("bounced", BigInteger, nullable=False, server_default="0"),
+    Column("complained", BigInteger, nullable=False, server_default="0"),
+    Column("failed", BigInteger, nullable=False, server_default="0"),
+    Column("skipped", BigInteger, nullable=False, server_default="0"),
+    Column("opened", BigInteger, nullable=False, server_default="0"),
+    Column("clicked", BigInteger, nullable=False, server_default="0"),
+    Column("machine_opened", BigInteger, nullable=False, server_default="0"),
+    Column("machine_clicked", BigInteger, nullable=False, server_default="0"),
+    Column("unsubscribed", BigInteger, nullable=False, server_default="0"),
+    Column("converted", BigInteger, nullable=False, server_default="0"),
+    Column("holdout_converted", BigInteger, nullable=False, server_default="0"),
+    Column("attributed", BigInteger, nullable=False, server_default="0"),
+    Column("sms_parts", BigInteger, nullable=False, server_default="0"),
+    Column("revenue", Numeric(24, 2), nullable=False, server_default="0"),
+    Column("revenue_sq", Numeric(24, 2), nullable=False, server_default="0"),
+    Column("holdout_revenue", Numeric(24, 2), nullable=False, server_default="0"),
+    Column("holdout_revenue_sq", Numeric(24, 2), nullable=False, server_default="0"),
+    Column("attributed_revenue", Numeric(24, 2), nullable=False, server_default="0"),
+    Column("sms_cost", Numeric(24, 2), nullable=False, server_default="0"),
+)
+
+attributions = Table(
+    "attributions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("event_id", BigId, nullable=False, unique=True),  # an order is attributed once
+    Column("outbox_id", BigId, nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("journey_id", BigId, nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("variant", String(64)),
+    Column("channel", String(64), nullable=False),
+    Column("touch", String(16), nullable=False),  # clicked | opened | delivered
+    Column("touched_at", UTCDateTime(), nullable=False),
+    Column("value", Numeric(18, 2)),
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_attributions_ws_outbox", "workspace_id", "outbox_id"),
 )
 
 __all__ = [

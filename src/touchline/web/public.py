@@ -33,6 +33,8 @@ from sqlalchemy import Connection, Engine, select
 from starlette.concurrency import run_in_threadpool
 
 from touchline.errors import InputError, TouchlineError
+from touchline.measure.engagement import record_message_event
+from touchline.measure.rollups import bump_message
 from touchline.messaging.links import (
     BAD_LINK,
     LinkClaims,
@@ -144,7 +146,7 @@ async def unsubscribe_now(request: Request, token: str) -> Response:
             where = "one-click" if one_click else "unsubscribe page"
             if claims.message_id is not None:
                 where += f" (message #{claims.message_id})"
-            unsubscribe(
+            changed = unsubscribe(
                 conn,
                 workspace_id=claims.workspace_id,
                 profile_id=link.profile_id,
@@ -154,6 +156,17 @@ async def unsubscribe_now(request: Request, token: str) -> Response:
                 provenance=_provenance(request, where),
                 topic=claims.topic,
             )
+            if changed and claims.message_id is not None:  # the message that lost a subscriber
+                recorded = record_message_event(
+                    conn,
+                    workspace_id=claims.workspace_id,
+                    outbox_id=claims.message_id,
+                    kind="unsubscribed",
+                    at=now,
+                    detail=where,
+                )
+                if recorded:
+                    bump_message(conn, claims.message_id, at=now, unsubscribed=1)
             return link, _preferences_token(link, now)
 
     try:

@@ -1,0 +1,164 @@
+"""Report counters kept current as things happen, so reports never scan raw rows.
+
+Every fact a report shows — a customer entering a journey, a message sent,
+delivered, opened, clicked, a conversion and its revenue — adds to one row of
+``daily_stats`` keyed by (workspace, UTC day, journey, step, variant,
+channel), in the same transaction that records the fact. A report then sums
+a few hundred rows however many millions of messages lie behind them.
+
+The increment is one ``INSERT ... ON CONFLICT DO UPDATE SET n = n + excluded.n``
+(both SQLite and PostgreSQL have it), so concurrent writers add up without a
+read-modify-write race. Journey-level facts (entries, goal conversions, the
+holdout) use ``step_id = ""``, message facts their step, variant and channel;
+workspace-level facts that belong to no journey use ``journey_id = 0``.
+
+Revenue is kept with its sum of squares per group (treated and holdout), so
+uplift intervals can be computed from the rollup alone (see
+:mod:`touchline.measure.stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Connection, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from touchline.store.tables import daily_stats, outbox
+
+#: Counters a fact may add to; anything else is a programming error.
+COUNTERS = frozenset(
+    {
+        "entered",
+        "holdout_entered",
+        "sent",
+        "delivered",
+        "undelivered",
+        "bounced",
+        "complained",
+        "failed",
+        "skipped",
+        "opened",
+        "clicked",
+        "machine_opened",
+        "machine_clicked",
+        "unsubscribed",
+        "converted",
+        "revenue",
+        "revenue_sq",
+        "holdout_converted",
+        "holdout_revenue",
+        "holdout_revenue_sq",
+        "attributed",
+        "attributed_revenue",
+        "sms_parts",
+        "sms_cost",
+    }
+)
+
+_UPSERTS: dict[tuple[str, frozenset[str]], Any] = {}
+
+
+def bump(
+    conn: Connection,
+    *,
+    workspace_id: str,
+    at: datetime,
+    journey_id: int | None = None,
+    step_id: str | None = None,
+    variant: str | None = None,
+    channel: str | None = None,
+    **counters: int | Decimal | float,
+) -> None:
+    """Add ``counters`` to the row of (workspace, day of ``at``, journey, step, variant, channel)."""
+    unknown = set(counters) - COUNTERS
+    if unknown:
+        raise ValueError(f"unknown report counters {sorted(unknown)}")
+    values = {name: value for name, value in counters.items() if value}
+    if not values:
+        return
+    key = (conn.dialect.name, frozenset(values))
+    stmt = _UPSERTS.get(key)
+    if stmt is None:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(daily_stats)
+        stmt = insert.on_conflict_do_update(
+            index_elements=[
+                "workspace_id",
+                "day",
+                "journey_id",
+                "step_id",
+                "variant",
+                "channel",
+            ],
+            set_={name: daily_stats.c[name] + insert.excluded[name] for name in values},
+        )
+        _UPSERTS[key] = stmt
+    conn.execute(
+        stmt,
+        {
+            "workspace_id": workspace_id,
+            "day": day_of(at),
+            "journey_id": journey_id or 0,
+            "step_id": step_id or "",
+            "variant": variant or "",
+            "channel": channel or "",
+            **{name: _number(value) for name, value in values.items()},
+        },
+    )
+
+
+def bump_message(conn: Connection, outbox_id: int, *, at: datetime, **counters: Any) -> None:
+    """Add ``counters`` to the row of message ``outbox_id``'s journey, step, variant and channel."""
+    row = conn.execute(
+        select(
+            outbox.c.workspace_id,
+            outbox.c.journey_id,
+            outbox.c.step_id,
+            outbox.c.variant,
+            outbox.c.channel,
+        ).where(outbox.c.id == outbox_id)
+    ).first()
+    if row is None:
+        return
+    bump(
+        conn,
+        workspace_id=row.workspace_id,
+        at=at,
+        journey_id=row.journey_id,
+        step_id=row.step_id,
+        variant=row.variant,
+        channel=row.channel,
+        **counters,
+    )
+
+
+def day_of(at: datetime) -> date:
+    """The UTC calendar day a fact is counted on."""
+    if at.tzinfo is None:
+        raise ValueError("report times must be timezone-aware")
+    return at.astimezone(UTC).date()
+
+
+def conversion_counters(value: Decimal | None, *, holdout: bool) -> Mapping[str, Any]:
+    """The counters one goal conversion adds: count, revenue and its square, by group."""
+    revenue = value or Decimal(0)
+    if holdout:
+        return {
+            "holdout_converted": 1,
+            "holdout_revenue": revenue,
+            "holdout_revenue_sq": revenue * revenue,
+        }
+    return {"converted": 1, "revenue": revenue, "revenue_sq": revenue * revenue}
+
+
+def _number(value: int | Decimal | float) -> int | Decimal:
+    if isinstance(value, float):
+        return Decimal(str(value))
+    return value
+
+
+__all__ = ["COUNTERS", "bump", "bump_message", "conversion_counters", "day_of"]
