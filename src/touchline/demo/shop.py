@@ -52,7 +52,9 @@ DEFAULT_START = datetime(2025, 3, 3, tzinfo=UTC)
 """A fixed Monday, so the same seed gives the same history on any day it runs."""
 
 CURRENCY = "RUB"
-WELCOME_COUPON = "WELCOME10"  # a welcome-pool code as customers type it (the goal matches the prefix)
+WELCOME_COUPON = (
+    "WELCOME10"  # a welcome-pool code as customers type it (the goal matches the prefix)
+)
 
 TIME_GRID = timedelta(minutes=10)
 """Event times are rounded down to this, as a shop exporting its log every ten
