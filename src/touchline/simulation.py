@@ -35,6 +35,7 @@ from touchline.clock import utc
 from touchline.errors import InputError
 from touchline.ingest.segment import parse_payload
 from touchline.journeys.loader import LoadedJourney
+from touchline.measure.rollups import bump_message
 from touchline.messaging.policies import Decision
 from touchline.messaging.rules import PolicyCache, apply_verdict, judge, unreachable
 from touchline.store.db import make_engine, migrate, transaction
@@ -233,6 +234,12 @@ class Simulation:
 
     def _judge(self, conn: Any, row: Any, profile: Any) -> tuple[datetime, str, str]:
         """Apply the delivery rules to one new message: (when it goes, outcome, reason)."""
+        at, outcome, reason = self._verdict(conn, row, profile)
+        # Simulated sends and skips feed the report rollups as real ones would.
+        bump_message(conn, row.id, at=at, **{"skipped" if outcome == "skipped" else "sent": 1})
+        return at, outcome, reason
+
+    def _verdict(self, conn: Any, row: Any, profile: Any) -> tuple[datetime, str, str]:
         at = row.created_at
         if row.status == "skipped":  # decided when recorded: the journey's control group
             return at, "skipped", row.reason or "skipped"
