@@ -186,3 +186,42 @@ def test_an_order_processed_twice_is_attributed_once(engine: Engine) -> None:
     shop.events(order)
     assert shop.attributed() == [("clicked", Decimal("700.00"))]
     assert shop.stats(step_id="mail", channel="email")["attributed"] == 1
+
+
+SPLIT_JOURNEY = """
+journey: ab
+category: selling
+trigger: {event: Cart Left}
+entry: {reentry: always}
+goal: {event: Order Completed, within: 7d, value: event.properties.revenue}
+steps:
+  - id: test
+    split:
+      - {name: a, percent: 50}
+      - {name: b, percent: 50}
+  - wait: 1h
+"""
+
+
+def test_split_rows_count_entries_and_goal_conversions_per_variant(engine: Engine) -> None:
+    """Each split variant's row counts who got it and their goal conversions, with revenue."""
+    # given
+    shop = Shop(engine)
+    source = textwrap.dedent(SPLIT_JOURNEY)
+    with transaction(engine) as conn:
+        apply_journeys(
+            conn,
+            shop.ws,
+            [LoadedJourney("ab.yaml", load_journey_text(source, file="ab"), source)],
+            now=T0,
+        )
+    users = [f"u{i}" for i in range(20)]
+    shop.events(*[track(u, "Cart Left") for u in users])
+    # when: the first five order
+    shop.events(*[track(u, "Order Completed", {"revenue": 100}) for u in users[:5]])
+    # then
+    a, b = shop.stats(step_id="test", variant="a"), shop.stats(step_id="test", variant="b")
+    assert a["entered"] + b["entered"] == 20 and a["entered"] > 0 and b["entered"] > 0
+    assert a.get("converted", 0) + b.get("converted", 0) == 5
+    assert a.get("revenue", 0) + b.get("revenue", 0) == Decimal("500.00")
+    assert shop.stats(step_id="", channel="")["converted"] == 5

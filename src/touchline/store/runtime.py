@@ -442,6 +442,16 @@ class Runtime:
             elif isinstance(cmd, eng.SetTraits):
                 self._set_traits(conn, profile, cmd, now=now)
             elif isinstance(cmd, eng.Log):
+                if cmd.action == "variant":  # the split step's row: who got which variant
+                    bump(
+                        conn,
+                        workspace_id=ws,
+                        at=now,
+                        journey_id=inst_row.journey_id,
+                        step_id=cmd.step_id,
+                        variant=cmd.detail,
+                        entered=1,
+                    )
                 logs.append(
                     {
                         "workspace_id": ws,
@@ -471,13 +481,23 @@ class Runtime:
                 )
                 stats.conversions += converted
                 if converted:
-                    bump(
-                        conn,
-                        workspace_id=ws,
-                        at=cmd.at,
-                        journey_id=inst_row.journey_id,
-                        **conversion_counters(cmd.value, holdout=bool(inst.context.get("holdout"))),
+                    counters = conversion_counters(
+                        cmd.value, holdout=bool(inst.context.get("holdout"))
                     )
+                    bump(
+                        conn, workspace_id=ws, at=cmd.at, journey_id=inst_row.journey_id, **counters
+                    )
+                    # ...and on each split step's row, under the variant this customer got
+                    for split_step, variant in (inst.context.get("variants") or {}).items():
+                        bump(
+                            conn,
+                            workspace_id=ws,
+                            at=cmd.at,
+                            journey_id=inst_row.journey_id,
+                            step_id=split_step,
+                            variant=variant,
+                            **counters,
+                        )
             elif isinstance(cmd, eng.End):
                 conn.execute(delete(timers).where(timers.c.instance_id == inst.id))
                 keep = [listeners.c.kind != "goal"] if cmd.keep_goal else []
