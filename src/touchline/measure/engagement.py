@@ -165,6 +165,16 @@ def record_hit(conn: Connection, hit: Hit) -> HitResult | None:
                 )
             )
         )
+    # People's hits of this kind on this message so far: the rollup counts a message
+    # as opened (clicked) while it has at least one.
+    human_before = conn.execute(
+        select(func.count()).where(
+            message_events.c.workspace_id == hit.workspace_id,
+            message_events.c.outbox_id == hit.outbox_id,
+            message_events.c.kind == hit.kind,
+            message_events.c.machine.is_(False),
+        )
+    ).scalar_one()
     agent = hit.user_agent[:MAX_AGENT_CHARS] if hit.user_agent else None
     reason = machine_reason(
         hit.kind,
@@ -193,15 +203,23 @@ def record_hit(conn: Connection, hit: Hit) -> HitResult | None:
         )
         .returning(message_events.c.id)
     ).scalar_one()
+    counters: dict[str, int] = {}
     if reason == "burst":
         others = [row.id for row in recent if row.url != hit.url]
-        conn.execute(
+        remarked = conn.execute(
             update(message_events)
             .where(message_events.c.id.in_(others), message_events.c.machine.is_(False))
             .values(machine=True, detail="burst")
-        )
+        ).rowcount
+        if remarked:  # what looked like a person was a scanner after all
+            counters[f"machine_{hit.kind}"] = remarked
+            if human_before and human_before == remarked:
+                counters[hit.kind] = -1
     if reason is not None:
-        bump_message(conn, hit.outbox_id, at=hit.at, **{f"machine_{hit.kind}": 1})
+        counters[f"machine_{hit.kind}"] = counters.get(f"machine_{hit.kind}", 0) + 1
+    elif not human_before:  # the first time a person opened, or clicked, this message
+        counters[hit.kind] = 1
+    bump_message(conn, hit.outbox_id, at=hit.at, **counters)
     emitted = False
     if reason is None:
         emitted = emit_message_event(
@@ -221,8 +239,6 @@ def record_hit(conn: Connection, hit: Hit) -> HitResult | None:
             },
             now=hit.at,
         )
-    if emitted:  # the first time a person opened, or clicked, this message
-        bump_message(conn, hit.outbox_id, at=hit.at, **{hit.kind: 1})
     return HitResult(event_id=event_id, machine=reason is not None, reason=reason, emitted=emitted)
 
 
