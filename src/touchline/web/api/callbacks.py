@@ -31,6 +31,17 @@ An unknown provider id answers ``200 {"matched": false}`` (and is logged):
 providers retry anything else for days. Reports that are not final yet
 (Twilio's ``sent``, SMS Aero's "passed to operator") are acknowledged and
 change nothing.
+
+Replies customers send to the shop's number arrive at
+``POST /callbacks/{workspace_id}/{provider}/inbound`` (``twilio``, ``smsaero``
+or ``http``), authenticated the same way. Twilio posts its usual form
+(``From``, ``To``, ``Body``, ``MessageSid``, and ``OptOutType`` with Advanced
+Opt-Out); SMS Aero and generic gateways post ``{"from", "to", "text", "id"}``
+as JSON or a form (SMS Aero's also under ``data``). What a reply does is
+:func:`touchline.messaging.replies.record_reply`'s business. Twilio is answered
+with an empty TwiML ``<Response/>``, which sends no reply back: it reads any
+other answer as TwiML or as the text of a reply. The others get the outcome
+as JSON, ``{"matched": false}`` for a number no customer has.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import Engine, select
 from starlette.concurrency import run_in_threadpool
 
@@ -55,6 +67,7 @@ from touchline.messaging.channels.sms_http import (
     parse_status_callback as parse_http_report,
 )
 from touchline.messaging.channels.webhook import verify_signature
+from touchline.messaging.phone import DEFAULT_REGION
 from touchline.messaging.receipts import (
     EVENT_NAMES,
     DeliveryStatus,
@@ -63,6 +76,7 @@ from touchline.messaging.receipts import (
     record_receipt,
 )
 from touchline.messaging.registry import WorkspaceSettingsError, http_sms_config
+from touchline.messaging.replies import MAX_PROVIDER_ID, InboundSms, record_reply
 from touchline.messaging.settings import ChannelSettings, parse_channels, parse_sender
 from touchline.store.tables import workspaces
 
@@ -91,6 +105,10 @@ TWILIO_PERMANENT_ERRORS = frozenset({"30005", "30006", "21211", "21614", "21217"
 DEFAULT_PERMANENT_STATUSES = ("invalid_number",)
 SIGNATURE_HEADER = "X-Touchline-Signature"
 TIMESTAMP_HEADER = "X-Touchline-Timestamp"
+#: Providers that forward replies; all send SMS, so their settings are ``channels.sms``.
+INBOUND_PROVIDERS = ("twilio", "smsaero", "http")
+#: Twilio's answer to a reply: TwiML that sends nothing back.
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
 # -- parsing (pure) -----------------------------------------------------------------------
@@ -140,6 +158,66 @@ def parse_email(payload: Mapping[str, Any]) -> Receipt:
     return Receipt(
         tuple(dict.fromkeys(ids)), status, _detail(payload.get("detail")), reason, recipient
     )
+
+
+def parse_inbound_twilio(form: Mapping[str, str]) -> InboundSms:
+    """A reply in Twilio's incoming-message form; ``OptOutType=STOP`` marks its own opt-outs."""
+    sid = form.get("MessageSid") or form.get("SmsSid")
+    return InboundSms(
+        provider_id=_provider_id(sid, "MessageSid"),
+        sender=_required(form.get("From"), "From"),
+        recipient=_optional(form.get("To"), "To"),
+        text=form.get("Body", ""),
+        opt_out=(form.get("OptOutType") or "").strip().upper() == "STOP",
+    )
+
+
+def parse_inbound_smsaero(payload: Mapping[str, Any]) -> InboundSms:
+    """A reply forwarded by SMS Aero: ``{from, to, text, id}`` at the top level or under ``data``."""
+    nested = payload.get("data")
+    return parse_inbound_http(nested if isinstance(nested, Mapping) else payload)
+
+
+def parse_inbound_http(payload: Mapping[str, Any]) -> InboundSms:
+    """A reply forwarded by a generic gateway: ``{"from", "to", "text", "id"}``.
+
+    ``from`` is the customer's number (E.164, national, or international
+    digits without ``+``), ``to`` the shop's number (optional), ``text`` the
+    reply (may be empty), ``id`` the gateway's id for it, which makes a
+    retried callback a duplicate.
+    """
+    text = payload.get("text")
+    if not isinstance(text, str):
+        raise InputError("text: required, a string (may be empty)")
+    return InboundSms(
+        provider_id=_provider_id(payload.get("id"), "id"),
+        sender=_required(payload.get("from"), "from"),
+        recipient=_optional(payload.get("to"), "to"),
+        text=text,
+    )
+
+
+def _provider_id(value: Any, key: str) -> str:
+    text = _required(value, key)
+    if len(text) > MAX_PROVIDER_ID:
+        raise InputError(f"{key}: longer than {MAX_PROVIDER_ID} characters")
+    return text
+
+
+def _required(value: Any, key: str) -> str:
+    text = _optional(value, key)
+    if text is None:
+        raise InputError(f"{key}: required")
+    return text
+
+
+def _optional(value: Any, key: str) -> str | None:
+    """A string or a number as stripped text; None when absent or blank."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise InputError(f"{key}: must be a string")
+    return str(value).strip() or None
 
 
 def email_ids(message_id: str) -> tuple[str, str]:
@@ -236,6 +314,43 @@ async def receive(request: Request, workspace_id: str, provider: str) -> dict[st
         receipt=receipt,
         now=now,
     )
+
+
+@router.post("/{workspace_id}/{provider}/inbound")
+async def receive_inbound(request: Request, workspace_id: str, provider: str) -> Response:
+    """Take one reply a customer sent to the shop's SMS number (see the module docstring)."""
+    if provider not in INBOUND_PROVIDERS:
+        raise NotFound(
+            f"no inbound messages from provider {provider!r}; use one of "
+            + ", ".join(INBOUND_PROVIDERS)
+        )
+    body = await _read_body(request)
+    engine: Engine = request.app.state.engine
+    now: datetime = request.app.state.clock.now()
+    spec = await run_in_threadpool(callback_settings, engine, workspace_id, provider)
+    _authenticate(request, spec, provider=provider, body=body, now=now)
+    sms = parse_inbound(provider, decode_payload(body, request.headers.get("content-type")))
+    result = await run_in_threadpool(
+        record_reply,
+        engine,
+        workspace_id,
+        provider=provider,
+        sms=sms,
+        region=str(spec.option("region", DEFAULT_REGION)),
+        now=now,
+    )
+    if provider == "twilio":
+        return Response(EMPTY_TWIML, media_type="text/xml")
+    return JSONResponse(result)
+
+
+def parse_inbound(provider: str, payload: Mapping[str, Any]) -> InboundSms:
+    """The reply in ``provider``'s decoded payload; InputError naming a missing or bad field."""
+    if provider == "twilio":
+        return parse_inbound_twilio({k: str(v) for k, v in payload.items()})
+    if provider == "smsaero":
+        return parse_inbound_smsaero(payload)
+    return parse_inbound_http(payload)
 
 
 async def _read_body(request: Request) -> bytes:
@@ -337,6 +452,8 @@ def _parse(provider: str, spec: ChannelSettings, body: bytes, content_type: str 
 
 __all__ = [
     "EVENT_NAMES",
+    "EMPTY_TWIML",
+    "INBOUND_PROVIDERS",
     "PROVIDERS",
     "Receipt",
     "callback_settings",
@@ -345,9 +462,14 @@ __all__ = [
     "form_fields",
     "parse_email",
     "parse_http",
+    "parse_inbound",
+    "parse_inbound_http",
+    "parse_inbound_smsaero",
+    "parse_inbound_twilio",
     "parse_smsaero",
     "parse_twilio",
     "receipt_from_report",
+    "receive_inbound",
     "record_receipt",
     "router",
     "verify_shared_secret",
