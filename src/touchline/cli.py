@@ -734,5 +734,170 @@ def report_funnel(
         render_table(found, sys.stdout)
 
 
+_DAY = click.DateTime(formats=["%Y-%m-%d"])
+_SINCE = click.option("--since", type=_DAY, help="first UTC day (default: 30 days up to --until)")
+_UNTIL = click.option("--until", type=_DAY, help="last UTC day, included (default: today)")
+_FORMAT = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+)
+_WORKSPACE = click.option("--workspace", envvar="TOUCHLINE_WORKSPACE", help="workspace id")
+
+
+def _rollup_report(
+    ctx: click.Context, workspace: str | None, fmt: str, since: Any, until: Any, work: Any
+) -> None:
+    """Print ``work(conn, ws, first_day, last_day)``, a report of :mod:`touchline.measure.reports`."""
+    from touchline.measure.reports import resolve_days, write_report
+
+    try:
+        days = resolve_days(
+            since and since.date(), until and until.date(), today=SystemClock().now().date()
+        )
+    except TouchlineError as exc:
+        raise click.UsageError(exc.message) from None
+    ws = _workspace(ctx, workspace)
+    try:
+        with _engine(ctx).connect() as conn:
+            found = work(conn, ws, *days)
+    except TouchlineError as exc:
+        raise click.ClickException(exc.message) from None
+    write_report(found, fmt, sys.stdout)
+
+
+@report.command("messages")
+@_SINCE
+@_UNTIL
+@click.option("--by", default="", help="any of journey,step,variant,channel,day, comma-separated")
+@_FORMAT
+@_WORKSPACE
+@click.pass_context
+def report_messages(
+    ctx: click.Context, since: Any, until: Any, by: str, fmt: str, workspace: str | None
+) -> None:
+    """Messages sent, delivered, opened, clicked... and their rates, per group."""
+    from touchline.measure.reports import parse_by, report
+
+    try:
+        groups = parse_by(by)
+    except TouchlineError as exc:
+        raise click.UsageError(exc.message) from None
+    _rollup_report(
+        ctx,
+        workspace,
+        fmt,
+        since,
+        until,
+        lambda conn, ws, start, end: report(conn, ws, since=start, until=end, by=groups),
+    )
+
+
+@report.command("journeys")
+@_SINCE
+@_UNTIL
+@_FORMAT
+@_WORKSPACE
+@click.pass_context
+def report_journeys(
+    ctx: click.Context, since: Any, until: Any, fmt: str, workspace: str | None
+) -> None:
+    """Entries, goal conversions and revenue per journey, and its uplift over the holdout."""
+    from touchline.measure.reports import JourneyReport, journey_summary
+
+    _rollup_report(
+        ctx,
+        workspace,
+        fmt,
+        since,
+        until,
+        lambda conn, ws, start, end: JourneyReport(
+            start, end, journey_summary(conn, ws, since=start, until=end)
+        ),
+    )
+
+
+@report.command("variants")
+@click.argument("journey")
+@click.option("--step", required=True, help="the split step of JOURNEY whose variants to compare")
+@click.option(
+    "--metric",
+    type=click.Choice(["conversion", "click", "open", "revenue"]),
+    default="conversion",
+    show_default=True,
+)
+@click.option(
+    "--min-sample",
+    type=click.IntRange(min=1),
+    help="entries (messages for click, open) each variant needs; default: the split's own, else 1000",
+)
+@_SINCE
+@_UNTIL
+@_FORMAT
+@_WORKSPACE
+@click.pass_context
+def report_variants(
+    ctx: click.Context,
+    journey: str,
+    step: str,
+    metric: Any,
+    min_sample: int | None,
+    since: Any,
+    until: Any,
+    fmt: str,
+    workspace: str | None,
+) -> None:
+    """Compare the variants of a split of JOURNEY; name a winner only when the data say so."""
+    from touchline.measure.reports import variant_report
+
+    _rollup_report(
+        ctx,
+        workspace,
+        fmt,
+        since,
+        until,
+        lambda conn, ws, start, end: variant_report(
+            conn,
+            ws,
+            journey,
+            step,
+            metric=metric,
+            since=start,
+            until=end,
+            min_sample=min_sample,
+        ),
+    )
+
+
+# -- experiments -----------------------------------------------------------------
+
+
+@main.group()
+def experiments() -> None:
+    """Split tests with `winner:`: their verdicts and winners."""
+
+
+@experiments.command("evaluate")
+@click.pass_context
+def experiments_evaluate(ctx: click.Context) -> None:
+    """Judge every undecided split test now, as workers do each minute; record winners (final)."""
+    from touchline.measure.winners import evaluate_experiments
+    from touchline.store.db import transaction
+
+    with transaction(_engine(ctx)) as conn:
+        decisions = evaluate_experiments(conn, now=SystemClock().now())
+    if not decisions:
+        click.echo("no split test with winner: awaits a decision")
+    for d in decisions:
+        e = d.experiment
+        if d.recorded:
+            outcome = f"winner {d.winner} recorded"
+        else:
+            outcome = "another process recorded a winner first" if d.winner else "no winner yet"
+        click.echo(f"{e.workspace_id} {e.journey}/{e.step_id}: {outcome} ({d.verdict.reason})")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,8 +1,8 @@
 """What a demo run did, read back from the simulation's store, and printed for people.
 
 :func:`collect` queries the store (instances, outbox, conversions, step_log,
-events) into a :class:`DemoReport`; :func:`render` prints it with rich. The
-output is meant to be read in a terminal and in a log file alike: headings
+events, and the report rollups for the holdout uplift) into a
+:class:`DemoReport`; :func:`render` prints it with rich. The output is meant to be read in a terminal and in a log file alike: headings
 are plain words and tables fall back to ASCII borders when ``out`` is not a
 terminal.
 """
@@ -20,7 +20,16 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Connection, Engine, case, distinct, func, select
 
-from touchline.store.tables import conversions, events, instances, journeys, outbox, step_log
+from touchline.measure import reports
+from touchline.store.tables import (
+    conversions,
+    events,
+    instances,
+    journeys,
+    outbox,
+    step_log,
+    workspaces,
+)
 
 SECTIONS = (
     "Customers per journey",
@@ -31,11 +40,12 @@ SECTIONS = (
     "A/B tests",
     "Events ingested",
     "Time taken",
+    "Holdout uplift",
 )
 """Headings :func:`render` prints, in order (acceptance tests look for them)."""
 
 # Width used when ``out`` is not a terminal, so tables do not wrap at 80 columns.
-FILE_WIDTH = 110
+FILE_WIDTH = 130
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ class DemoReport:
     # (journey, status, reason, count)
     exits: list[tuple[str, str, str, int]] = field(default_factory=list)
     variants: list[VariantFigures] = field(default_factory=list)
+    # journeys with a holdout, read from the rollups by touchline.measure.reports
+    uplifts: list[reports.JourneyFigures] = field(default_factory=list)
     events: list[tuple[str, int]] = field(default_factory=list)  # (event name, count)
     reactions: int = 0
     timers: int = 0  # timers fired (waits ending, wait_for timeouts)
@@ -182,6 +194,7 @@ def collect(engine: Engine, report: DemoReport) -> DemoReport:
             )
         ]
         report.variants = _variants(conn, names)
+        report.uplifts = _uplifts(conn, report)
         report.events = [
             (name or f"({kind})", n)
             for name, kind, n in conn.execute(
@@ -191,6 +204,20 @@ def collect(engine: Engine, report: DemoReport) -> DemoReport:
             )
         ]
     return report
+
+
+def _uplifts(conn: Connection, report: DemoReport) -> list[reports.JourneyFigures]:
+    """The journeys with a holdout, over the simulated days, from the journey rollups."""
+    found = []
+    for workspace_id in conn.execute(select(workspaces.c.id).order_by(workspaces.c.id)).scalars():
+        found += [
+            j
+            for j in reports.journey_summary(
+                conn, workspace_id, since=report.start.date(), until=report.end.date()
+            )
+            if j.holdout_percent or j.holdout_entered
+        ]
+    return found
 
 
 def _rules(conn: Connection) -> list[tuple[str, str, str, int]]:
@@ -262,13 +289,32 @@ def _variants(conn: Connection, names: dict[int, str]) -> list[VariantFigures]:
 # -- rendering ------------------------------------------------------------------------
 
 
-def rub(value: Decimal | int) -> str:
+def rub(value: Decimal | int | float) -> str:
     """``1234567.5`` → ``1 234 568 RUB`` (whole roubles, thin groups)."""
     return f"{value:,.0f} RUB".replace(",", " ")
 
 
 def percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def _uplift_cells(j: reports.JourneyFigures) -> tuple[str, ...]:
+    """Goal rates, uplift in points with its interval, extra revenue, and the verdict."""
+    rates = (percent(j.converted, j.entered), percent(j.holdout_converted, j.holdout_entered))
+    if j.uplift is None:
+        return (*rates, "-", "-", "-", j.uplift_note or "-")
+    conversion = j.uplift.conversion
+    if conversion.interval is None:
+        return (*rates, "-", "-", "-", conversion.reason or "-")
+    c = conversion.interval
+    extra = j.uplift.incremental_revenue
+    return (
+        *rates,
+        f"{c.estimate * 100:+.1f}",
+        f"{c.low * 100:+.1f} to {c.high * 100:+.1f}",
+        rub(extra.estimate) if extra else "-",
+        "yes" if j.significant else "not yet",
+    )
 
 
 def render(report: DemoReport, out: TextIO) -> None:
@@ -364,5 +410,24 @@ def render(report: DemoReport, out: TextIO) -> None:
     )
     if report.failures:
         console.print(f"[red]{report.failures} events or timers failed; see the log[/red]")
+
+    heading(SECTIONS[8], "(per entry, against the journey's holdout; uplift in rate points)")
+    if report.uplifts:
+        t = table(
+            "<journey",
+            "entries",
+            "held out",
+            "goal rate",
+            "holdout",
+            "uplift",
+            "95% CI",
+            "extra revenue",
+            "<significant",
+        )
+        for u in report.uplifts:
+            t.add_row(u.key, str(u.entered), str(u.holdout_entered), *_uplift_cells(u))
+        console.print(t)
+    else:
+        console.print("no journey has a holdout")
     console.print()
     console.print(f"The demo store is kept for inspection: {report.workdir / 'simulation.db'}")
