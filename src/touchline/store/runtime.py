@@ -442,7 +442,9 @@ class Runtime:
             elif isinstance(cmd, eng.SetTraits):
                 self._set_traits(conn, profile, cmd, now=now)
             elif isinstance(cmd, eng.Log):
-                if cmd.action == "variant":  # the split step's row: who got which variant
+                # The split step's row: who got which variant (the holdout, who get no
+                # messages, would only dilute the variants' rates).
+                if cmd.action == "variant" and not inst.context.get("holdout"):
                     bump(
                         conn,
                         workspace_id=ws,
@@ -481,14 +483,14 @@ class Runtime:
                 )
                 stats.conversions += converted
                 if converted:
-                    counters = conversion_counters(
-                        cmd.value, holdout=bool(inst.context.get("holdout"))
-                    )
+                    held = bool(inst.context.get("holdout"))
+                    counters = conversion_counters(cmd.value, holdout=held)
                     bump(
                         conn, workspace_id=ws, at=cmd.at, journey_id=inst_row.journey_id, **counters
                     )
                     # ...and on each split step's row, under the variant this customer got
-                    for split_step, variant in (inst.context.get("variants") or {}).items():
+                    variants = {} if held else inst.context.get("variants") or {}
+                    for split_step, variant in variants.items():
                         bump(
                             conn,
                             workspace_id=ws,
