@@ -72,10 +72,10 @@ def main(ctx: click.Context) -> None:
         ctx.obj["settings"] = Settings.from_env()
     except TouchlineError as exc:
         raise click.ClickException(exc.message) from None
-    logging.basicConfig(
-        level=ctx.obj["settings"].log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    from touchline.ops.logs import configure_logging
+
+    s = ctx.obj["settings"]
+    configure_logging(s.log_level, fmt=s.log_format, secrets=(s.smtp_password, s.metrics_token))
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
@@ -532,7 +532,7 @@ def demo(ctx: click.Context, customers: int, days: int, seed: int) -> None:
 # -- processes -------------------------------------------------------------------
 
 
-def _worker(ctx: click.Context) -> Any:
+def _worker(ctx: click.Context, *, metrics: Any = None) -> Any:
     from touchline.worker.loop import Worker
 
     s = _settings(ctx)
@@ -543,6 +543,7 @@ def _worker(ctx: click.Context) -> Any:
         batch=s.claim_batch,
         lease_seconds=s.lease_seconds,
         poll_ms=s.poll_ms,
+        metrics=metrics,
     )
 
 
@@ -560,11 +561,22 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_worker: boo
     s = _settings(ctx)
     app = create_app(s, engine=_engine(ctx), clock=SystemClock())
     if not no_worker:
-        app.router.lifespan_context = _worker_lifespan(_worker(ctx), _dispatcher(ctx))
-    uvicorn.run(app, host=host or s.host, port=port or s.port, log_level=s.log_level.lower())
+        # The threads count into the app's metrics, so /metrics shows their work too.
+        metrics = app.state.metrics
+        app.router.lifespan_context = _worker_lifespan(
+            _worker(ctx, metrics=metrics), _dispatcher(ctx, metrics=metrics)
+        )
+    # log_config=None: uvicorn's own records go through touchline's handler (JSON, redacted).
+    uvicorn.run(
+        app,
+        host=host or s.host,
+        port=port or s.port,
+        log_level=s.log_level.lower(),
+        log_config=None,
+    )
 
 
-def _dispatcher(ctx: click.Context) -> Any:
+def _dispatcher(ctx: click.Context, *, metrics: Any = None) -> Any:
     """A dispatcher: email over SMTP when TOUCHLINE_SMTP_HOST is set, call-centre
     tasks into the operator queue; everything else through the capture channel
     (messages are rendered and kept, not sent)."""
@@ -604,6 +616,7 @@ def _dispatcher(ctx: click.Context) -> Any:
         public_url=s.public_url,
         batch=s.claim_batch,
         lease_seconds=s.lease_seconds,
+        metrics=metrics,
     )
 
 

@@ -49,6 +49,43 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """A token bucket's shape: ``rate`` requests a second on average, ``burst`` at once."""
+
+    rate: float
+    burst: float
+
+    @classmethod
+    def parse(cls, text: str, *, name: str) -> RateLimit | None:
+        """``"RATE"`` or ``"RATE:BURST"`` (burst defaults to twice the rate); ``off`` or 0: none."""
+        raw = text.strip().lower()
+        if raw in ("off", "0", "none"):
+            return None
+        rate_text, _, burst_text = raw.partition(":")
+        try:
+            rate = float(rate_text)
+            burst = float(burst_text) if burst_text else 2 * rate
+        except ValueError:
+            raise ConfigError(f"{name} must be RATE or RATE:BURST, or off; got {text!r}") from None
+        if rate <= 0 or burst < 1:
+            raise ConfigError(f"{name}: the rate must be positive and the burst at least 1")
+        return cls(rate, burst)
+
+
+def _rate(environ: Mapping[str, str], name: str, default: RateLimit | None) -> RateLimit | None:
+    raw = environ.get(name)
+    return default if raw is None or raw == "" else RateLimit.parse(raw, name=name)
+
+
+# Per-client token buckets of the public endpoints (see touchline.ops.limits).
+RATE_LIMIT_INGEST_KEY = RateLimit(200, 400)  # one shop's SDKs, all visitors together
+RATE_LIMIT_INGEST_IP = RateLimit(200, 400)  # caps invented keys, each a store lookup
+RATE_LIMIT_TRACKING = RateLimit(50, 100)  # image proxies fetch many customers' pixels
+RATE_LIMIT_PAGES = RateLimit(10, 20)  # a person clicking through their own pages
+RATE_LIMIT_CALLBACKS = RateLimit(100, 200)  # a provider reporting a bulk send
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     host: str = "127.0.0.1"
@@ -70,6 +107,16 @@ class Settings:
     smtp_from: str = "touchline@localhost"
     # Where customers reach this server: unsubscribe, preference and confirmation links.
     public_url: str = "http://127.0.0.1:8000"
+    # "text" or "json" (one object a line); see touchline.ops.logs.
+    log_format: str = "text"
+    # Bearer token GET /metrics asks for; without one the endpoint is open.
+    metrics_token: Secret | None = None
+    # Token buckets of the public endpoints; None turns one off.
+    rate_limit_ingest_key: RateLimit | None = RATE_LIMIT_INGEST_KEY
+    rate_limit_ingest_ip: RateLimit | None = RATE_LIMIT_INGEST_IP
+    rate_limit_tracking: RateLimit | None = RATE_LIMIT_TRACKING
+    rate_limit_pages: RateLimit | None = RATE_LIMIT_PAGES
+    rate_limit_callbacks: RateLimit | None = RATE_LIMIT_CALLBACKS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -88,7 +135,24 @@ class Settings:
             "claim_batch": _int(env, "TOUCHLINE_CLAIM_BATCH", 200),
             "poll_ms": _int(env, "TOUCHLINE_POLL_MS", 200),
             "log_level": env.get("TOUCHLINE_LOG_LEVEL", "INFO"),
+            "log_format": env.get("TOUCHLINE_LOG_FORMAT") or "text",
+            "metrics_token": Secret(env["TOUCHLINE_METRICS_TOKEN"])
+            if env.get("TOUCHLINE_METRICS_TOKEN")
+            else None,
+            "rate_limit_ingest_key": _rate(
+                env, "TOUCHLINE_RATE_LIMIT_INGEST_KEY", RATE_LIMIT_INGEST_KEY
+            ),
+            "rate_limit_ingest_ip": _rate(
+                env, "TOUCHLINE_RATE_LIMIT_INGEST_IP", RATE_LIMIT_INGEST_IP
+            ),
+            "rate_limit_tracking": _rate(env, "TOUCHLINE_RATE_LIMIT_TRACKING", RATE_LIMIT_TRACKING),
+            "rate_limit_pages": _rate(env, "TOUCHLINE_RATE_LIMIT_PAGES", RATE_LIMIT_PAGES),
+            "rate_limit_callbacks": _rate(
+                env, "TOUCHLINE_RATE_LIMIT_CALLBACKS", RATE_LIMIT_CALLBACKS
+            ),
         }
+        if kwargs["log_format"] not in ("text", "json"):
+            raise ConfigError("TOUCHLINE_LOG_FORMAT must be text or json")
         if env.get("TOUCHLINE_SMTP_HOST"):
             security = env.get("TOUCHLINE_SMTP_SECURITY", "starttls")
             if security not in ("none", "starttls", "tls"):

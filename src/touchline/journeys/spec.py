@@ -134,6 +134,41 @@ class Variant(_Model):
     goto: str | None = None
 
 
+WINNER_MIN_SAMPLE = 100
+"""Fewest customers (or messages) per variant an automatic winner may rest on: the
+decision is final, and below this the tests' approximations are too rough to trust."""
+
+
+class Winner(_Model):
+    """When a split names its best variant by itself, and on what figures.
+
+    Once every variant has min_sample and one beats each other significantly at
+    confidence, that winner is recorded for good and every new customer reaching
+    the split gets it (touchline.measure.winners).
+    """
+
+    metric: Literal["conversion", "click", "revenue"] = Field(
+        default="conversion",
+        description="conversion (the goal, per entry), click (clicks per message sent after "
+        "the split) or revenue (goal value per entry)",
+    )
+    min_sample: int = Field(
+        ge=WINNER_MIN_SAMPLE,
+        le=100_000_000,
+        description="entries (messages for click) each variant needs before a winner is named",
+    )
+    confidence: float = Field(
+        default=0.95, ge=0.8, le=0.999, description="confidence level of the test, e.g. 0.95"
+    )
+
+    @field_validator("confidence", mode="before")
+    @classmethod
+    def _fraction(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool) and 1 < value <= 100:
+            raise ValueError(f"confidence is a fraction such as 0.95, not a percentage ({value:g})")
+        return value
+
+
 class Send(_Model):
     channel: str = Field(min_length=1, max_length=64)
     template: str = Field(min_length=1, max_length=200)
@@ -163,6 +198,11 @@ class Step(_Model):
     send: Send | None = None
     update_profile: UpdateProfile | None = None
     exit: Literal[True] | str | None = None
+    winner: Winner | None = Field(
+        default=None,
+        description="with split: name the best variant once the figures allow, then send "
+        "every new customer to it",
+    )
 
     @model_validator(mode="after")
     def _one_kind(self) -> Step:
@@ -333,7 +373,32 @@ def semantic_problems(spec: JourneySpec) -> list[tuple[tuple[str | int, ...], st
         if step.update_profile:
             for name, source in step.update_profile.compute.items():
                 condition((*base, "update_profile", "compute", name), source)
+        if step.winner:
+            problems.extend(_winner_problems(spec, step, base))
     return problems
+
+
+def _winner_problems(
+    spec: JourneySpec, step: Step, base: tuple[str | int, ...]
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """What makes a step's ``winner:`` impossible to decide."""
+    assert step.winner is not None
+    loc = (*base, "winner")
+    if not step.split:
+        return [(loc, f"winner: belongs to a split step; this is a {step.kind} step")]
+    if len(step.split) < 2:
+        return [(loc, "a winner needs at least two variants to compare")]
+    metric = step.winner.metric
+    if metric in ("conversion", "revenue") and spec.goal is None:
+        return [
+            (
+                (*loc, "metric"),
+                f"metric {metric} is measured on the journey's goal; add goal: or use click",
+            )
+        ]
+    if metric == "click" and not any(s.send for s in spec.steps):
+        return [((*loc, "metric"), "metric click counts clicks on messages, and no step sends")]
+    return []
 
 
 def describe_duration(delta: timedelta) -> str:

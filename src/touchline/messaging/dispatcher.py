@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, or_, select, update
 
@@ -68,6 +68,9 @@ from touchline.store.promo import promo_provider
 from touchline.store.runtime import profile_traits
 from touchline.store.tables import instances, journeys, outbox, profiles
 from touchline.store.templates import TemplateCache
+
+if TYPE_CHECKING:
+    from touchline.ops.metrics import Metrics
 
 log = logging.getLogger("touchline.dispatcher")
 
@@ -121,9 +124,11 @@ class Dispatcher:
         policies: PolicyCache | None = None,
         registry: ChannelRegistry | None = None,
         public_url: str | None = "http://127.0.0.1:8000",
+        metrics: Metrics | None = None,
     ) -> None:
         """``channels`` maps channel names (or ``"*"``) to adapters; with a ``registry``
-        the workspace's own channel settings decide instead (it owns the adapters)."""
+        the workspace's own channel settings decide instead (it owns the adapters).
+        ``metrics``, when given, counts outcomes and provider errors."""
         self.engine = engine
         self.clock = clock
         self.owner = owner
@@ -135,6 +140,7 @@ class Dispatcher:
         self.policies = policies or PolicyCache()
         self.registry = registry
         self.public_url = public_url
+        self.metrics = metrics
         self.totals = DispatchTotals()
 
     # -- one round ----------------------------------------------------------------------
@@ -231,6 +237,8 @@ class Dispatcher:
                 ).one()
                 decision = self._decide(conn, row, profile, now)
                 status = apply_verdict(conn, row.id, decision, now=now, owner=self.owner)
+                if self.metrics is not None:
+                    self.metrics.count_judged(row.channel, status=status)
                 if status == "sending":
                     cleared.append(row.id)
                 elif status == "skipped":
@@ -433,6 +441,8 @@ class Dispatcher:
                     .where(*mine)
                     .values(**cleared, **values, rendered=rendered, address=address)
                 ).rowcount
+                if written and self.metrics is not None:
+                    self.metrics.count_recorded(item.channel, status=values["status"], error=error)
                 if written and values.get("status") in ("sent", "failed"):
                     self._count(conn, item, str(values["status"]), now, detail=values.get("reason"))
 

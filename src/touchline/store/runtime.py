@@ -19,6 +19,7 @@ from touchline.journeys import engine as eng
 from touchline.journeys.localtime import zone
 from touchline.journeys.spec import JourneySpec
 from touchline.measure.rollups import bump, conversion_counters
+from touchline.measure.winners import WinnerCache
 from touchline.store.consent import consent_from_identify, request_confirmation
 from touchline.store.db import insert_ignore
 from touchline.store.journeys import SpecCache
@@ -89,9 +90,15 @@ class Runtime:
 
     def __init__(self) -> None:
         self.specs = SpecCache()
+        self.winners = WinnerCache()
         self._workspace_tz: dict[str, str] = {}
 
     # -- loading ---------------------------------------------------------------------
+
+    def spec(self, conn: Connection, version_id: int, *, journey_id: int) -> JourneySpec:
+        """The version's spec, its splits with a declared winner sending everyone to it."""
+        spec = self.specs.get(conn, version_id)
+        return self.winners.route(conn, spec, journey_id=journey_id, version_id=version_id)
 
     def workspace_timezone(self, conn: Connection, workspace_id: str) -> str:
         tz = self._workspace_tz.get(workspace_id)
@@ -179,7 +186,7 @@ class Runtime:
                 conn.execute(delete(listeners).where(listeners.c.id == row.id))
                 continue
             instance, inst_row = loaded
-            spec = self.specs.get(conn, inst_row.version_id)
+            spec = self.spec(conn, inst_row.version_id, journey_id=inst_row.journey_id)
             outcome = eng.on_event(
                 spec,
                 instance,
@@ -259,7 +266,7 @@ class Runtime:
             )
         ).all()
         for journey_id, version_id in candidates:
-            spec = self.specs.get(conn, version_id)
+            spec = self.spec(conn, version_id, journey_id=journey_id)
             key = eng.entry_key(spec, event)
             history = self._history(conn, journey_id, profile.id, key)
             decision = eng.decide_entry(
@@ -336,7 +343,7 @@ class Runtime:
         if loaded is None:
             return stats
         instance, inst_row = loaded
-        spec = self.specs.get(conn, inst_row.version_id)
+        spec = self.spec(conn, inst_row.version_id, journey_id=inst_row.journey_id)
         tz = self.workspace_timezone(conn, inst_row.workspace_id)
         outcome = eng.on_timer(
             spec,

@@ -492,6 +492,21 @@ attributions = Table(
     Index("ix_attributions_ws_outbox", "workspace_id", "outbox_id"),
 )
 
+experiment_winners = Table(
+    "experiment_winners",
+    metadata,
+    # A split's automatic winner (see measure.winners): recorded once, never changed.
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("journey_id", BigId, nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("winner", String(64), nullable=False),
+    Column("metric", String(16), nullable=False),
+    Column("decided_at", UTCDateTime(), nullable=False),
+    Column("detail", Json, nullable=False),  # the verdict and the figures it rested on
+    UniqueConstraint("journey_id", "step_id", name="uq_experiment_winners_journey_step"),
+)
+
 __all__ = [
     "metadata",
     "workspaces",

@@ -20,6 +20,8 @@ shop's own pages; the write key is not a secret from the shop's visitors.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,10 +34,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from touchline.clock import Clock, SystemClock
 from touchline.config import Settings
 from touchline.errors import TouchlineError
+from touchline.ops.limits import RateLimiter, RateLimitMiddleware, limits_from
+from touchline.ops.logs import configure_logging
+from touchline.ops.metrics import HttpMetricsMiddleware, Metrics, metrics_endpoint
 from touchline.store.db import make_engine, migrate
 from touchline.store.workspaces import KeyCache
 from touchline.web import public, track
-from touchline.web.api import admin, callbacks, consent, ingest, promo, reports, tasks
+from touchline.web.api import admin, callbacks, consent, experiments, ingest, promo, reports, tasks
 from touchline.web.api import settings as settings_api
 
 log = logging.getLogger("touchline.web")
@@ -51,21 +56,36 @@ _GENERIC_5XX = {
 
 
 def create_app(
-    settings: Settings, *, engine: Engine | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    clock: Clock | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """The touchline HTTP app.
 
     ``engine`` defaults to one built from ``settings.database_url`` (the
     schema is not migrated here; see :func:`app_from_env`); ``clock`` to the
     system clock. Both, the settings and a :class:`KeyCache` live on
-    ``app.state`` for the routers.
+    ``app.state`` for the routers, with the app's own :class:`Metrics`
+    (``app.state.metrics``, served at ``/metrics``) and the rate limits'
+    buckets (``app.state.rate_limiter``). ``monotonic`` refills the buckets
+    and ages the cached queue depths; tests pass one they can move.
     """
     app = FastAPI(title="touchline", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.engine = engine if engine is not None else make_engine(settings.database_url)
     app.state.clock = clock if clock is not None else SystemClock()
     app.state.key_cache = KeyCache()
+    app.state.metrics = metrics = Metrics()
+    metrics.watch_queues(app.state.engine, clock=app.state.clock, monotonic=monotonic)
+    app.state.rate_limiter = RateLimiter(limits_from(settings), monotonic=monotonic)
 
+    # Each add wraps the ones before: the rate limits sit inside CORS (a 429 carries its
+    # headers), and the request metrics outside both (they count 429s and preflights too).
+    app.add_middleware(
+        RateLimitMiddleware, limiter=app.state.rate_limiter, on_limited=metrics.count_limited
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],
@@ -74,6 +94,7 @@ def create_app(
         allow_headers=["Authorization", "Content-Type", "Content-Encoding"],
         max_age=86400,
     )
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     app.add_exception_handler(TouchlineError, _touchline_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -81,6 +102,7 @@ def create_app(
 
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/readyz", readyz, methods=["GET"])
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.include_router(ingest.router)
     app.include_router(consent.router)  # before admin: its /profiles/{ref:path} would match
     app.include_router(admin.router)
@@ -91,12 +113,18 @@ def create_app(
     app.include_router(settings_api.router)
     app.include_router(callbacks.router)
     app.include_router(reports.router)
+    app.include_router(experiments.router)
     return app
 
 
 def app_from_env() -> FastAPI:
     """uvicorn factory: settings from the environment, store migrated, app built."""
     settings = Settings.from_env()
+    configure_logging(
+        settings.log_level,
+        fmt=settings.log_format,
+        secrets=(settings.smtp_password, settings.metrics_token),
+    )
     logging.getLogger("touchline").setLevel(settings.log_level.upper())
     engine = make_engine(settings.database_url)
     migrate(engine)

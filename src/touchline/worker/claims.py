@@ -64,6 +64,8 @@ class BatchResult:
     skipped: int = 0
     failed: int = 0
     stats: RunStats = field(default_factory=RunStats)
+    # Seconds each fired timer ran behind its due time (timers only).
+    lateness: list[float] = field(default_factory=list)
 
 
 def _claim(
@@ -246,6 +248,7 @@ def process_timers(
                 stats = runtime.handle_timer(conn, row, now=now)
                 savepoint.commit()
                 result.processed += 1
+                result.lateness.append((now - row.due_at).total_seconds())
                 result.stats.add(stats)
             except Exception as exc:  # noqa: BLE001 - one broken instance must not stop the batch
                 savepoint.rollback()

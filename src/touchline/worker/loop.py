@@ -12,21 +12,29 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, case, func, select
 from sqlalchemy.exc import DBAPIError
 
 from touchline.clock import Clock
 from touchline.errors import StoreError
+from touchline.measure.winners import evaluate_experiments
 from touchline.store.db import transaction
 from touchline.store.runtime import RunStats, Runtime, sweep_expired_listeners
 from touchline.store.tables import EVENT_PENDING, events, timers
 from touchline.worker.claims import claim_events, claim_timers, process_events, process_timers
 
+if TYPE_CHECKING:
+    from touchline.ops.metrics import Metrics
+
 log = logging.getLogger("touchline.worker")
 
 # How often (in clock time) a worker deletes listeners whose window has passed.
 SWEEP_EVERY = timedelta(minutes=1)
+# How often (in clock time) a worker judges split tests with `winner:`: rollups move
+# slowly against a minute, and with no such test the check is one query.
+EVALUATE_EVERY = timedelta(minutes=1)
 # Longest pause between reconnection attempts while the store is unreachable.
 MAX_RECONNECT_DELAY = 10.0
 
@@ -52,7 +60,9 @@ class Worker:
         lease_seconds: int = 60,
         poll_ms: int = 200,
         event_time_as_now: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
+        """``metrics``, when given, observes each fired timer's lateness."""
         self.engine = engine
         self.clock = clock
         self.owner = owner
@@ -60,9 +70,11 @@ class Worker:
         self.lease = timedelta(seconds=lease_seconds)
         self.poll = poll_ms / 1000
         self.event_time_as_now = event_time_as_now
+        self.metrics = metrics
         self.runtime = Runtime()
         self.totals = WorkerTotals()
         self._last_sweep: datetime | None = None
+        self._last_evaluation: datetime | None = None
 
     def run_once(self, now: datetime | None = None) -> int:
         """One round: a batch of events, then a batch of due timers. Returns items processed."""
@@ -89,6 +101,8 @@ class Worker:
         )
         if ids:
             result = process_timers(self.engine, self.runtime, ids, owner=self.owner, now=now)
+            if self.metrics is not None:
+                self.metrics.observe_lateness(result.lateness)
             self.totals.timers += result.processed
             self.totals.failed += result.failed
             self.totals.stats.add(result.stats)
@@ -97,6 +111,12 @@ class Worker:
             with transaction(self.engine) as conn:
                 sweep_expired_listeners(conn, now=now)
             self._last_sweep = now
+        if self._last_evaluation is None or now - self._last_evaluation >= EVALUATE_EVERY:
+            with transaction(self.engine) as conn:
+                decisions = evaluate_experiments(conn, now=now)
+            if any(d.recorded for d in decisions):
+                self.runtime.winners.forget()  # route this worker's next entries at once
+            self._last_evaluation = now
         return done
 
     def next_due(self) -> datetime | None:

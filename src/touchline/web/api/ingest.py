@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from touchline.errors import AuthError, InputError, PayloadTooLarge
 from touchline.ingest.segment import MAX_BATCH_BYTES, decode_body, parse_payload, write_key_of
-from touchline.store.ingest import ingest
+from touchline.store.ingest import IngestResult, ingest
 from touchline.store.workspaces import authenticate
 
 router = APIRouter()
@@ -78,15 +78,16 @@ async def receive_events(request: Request, *, kind: str) -> JSONResponse:
     header_key = key_from_authorization(request.headers.get("authorization"))
     encoding = request.headers.get("content-encoding")
 
-    def work() -> None:
+    def work() -> IngestResult:
         body = inflate(raw, encoding=encoding, limit=MAX_BODY_BYTES)
         payload = decode_body(body, kind=kind)
         key = header_key or write_key_of(payload)
         workspace_id = authenticate(state.engine, key, kind="write", cache=state.key_cache)
         events = parse_payload(payload, kind=kind, received_at=received_at)
-        ingest(state.engine, workspace_id, events, now=received_at)
+        return ingest(state.engine, workspace_id, events, now=received_at)
 
-    await run_in_threadpool(work)
+    result = await run_in_threadpool(work)
+    state.metrics.count_events(kind, accepted=result.accepted, duplicates=result.duplicates)
     return JSONResponse({"success": True})
 
 
