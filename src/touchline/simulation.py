@@ -235,8 +235,10 @@ class Simulation:
     def _judge(self, conn: Any, row: Any, profile: Any) -> tuple[datetime, str, str]:
         """Apply the delivery rules to one new message: (when it goes, outcome, reason)."""
         at, outcome, reason = self._verdict(conn, row, profile)
-        # Simulated sends and skips feed the report rollups as real ones would.
-        bump_message(conn, row.id, at=at, **{"skipped" if outcome == "skipped" else "sent": 1})
+        # Simulated sends and skips feed the report rollups as real ones would (a holdout
+        # message, skipped when recorded, is not counted live either).
+        if row.status != "skipped":
+            bump_message(conn, row.id, at=at, **{"skipped" if outcome == "skipped" else "sent": 1})
         return at, outcome, reason
 
     def _verdict(self, conn: Any, row: Any, profile: Any) -> tuple[datetime, str, str]:
