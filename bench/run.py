@@ -1,7 +1,8 @@
 """``python -m bench.run [--quick] [--store sqlite|postgresql|both]``: the benchmark report.
 
 Each row compares touchline with a baseline doing the same work in the same
-run (see :mod:`bench.ingest`, :mod:`bench.timers` and :mod:`bench.e2e_smtp`), and prints the ratio
+run (see :mod:`bench.ingest`, :mod:`bench.timers`, :mod:`bench.e2e_smtp` and
+:mod:`bench.reports`), and prints the ratio
 touchline / baseline. The ratio, not the absolute rate, is what to compare
 between runs and machines. ``docs/benchmarks.md`` explains each row.
 
@@ -19,10 +20,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import e2e_smtp, ingest, timers
+from bench import e2e_smtp, ingest, reports, timers
 from bench.common import STORES, Result, log, machine, render, workdir
 
-BENCHMARKS = ("ingest", "timers", "e2e")
+BENCHMARKS = ("ingest", "timers", "e2e", "reports")
 # Functions shown per profile, by own time and by cumulative time.
 PROFILE_TOP = 25
 
@@ -33,11 +34,30 @@ class Scale:
     ingest_users: int
     timers: int
     e2e_orders: int
+    report_events: int
+    rollup_facts: int
+    rollup_orders: int
 
 
-FULL = Scale(ingest_events=50_000, ingest_users=5_000, timers=100_000, e2e_orders=2_000)
+FULL = Scale(
+    ingest_events=50_000,
+    ingest_users=5_000,
+    timers=100_000,
+    e2e_orders=2_000,
+    report_events=10_000_000,
+    rollup_facts=3_000,
+    rollup_orders=1_000,
+)
 # Small enough for a smoke run in under two minutes on two cores, both stores.
-QUICK = Scale(ingest_events=10_000, ingest_users=1_000, timers=20_000, e2e_orders=300)
+QUICK = Scale(
+    ingest_events=10_000,
+    ingest_users=1_000,
+    timers=20_000,
+    e2e_orders=300,
+    report_events=1_000_000,
+    rollup_facts=500,
+    rollup_orders=200,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,8 +103,17 @@ def main(argv: list[str] | None = None) -> int:
                         count=scale.timers,
                         profile_to=prof.with_suffix(".prof") if prof else None,
                     )
-                else:
+                elif name == "e2e":
                     result = e2e_smtp.run(kind, folder, count=scale.e2e_orders, profile_to=prof)
+                else:
+                    *firsts, result = reports.run(
+                        kind,
+                        folder,
+                        events=scale.report_events,
+                        facts=scale.rollup_facts,
+                        orders=scale.rollup_orders,
+                    )
+                    results.extend(firsts)
                 log(f"{name}/{kind}: ratio {result.ratio:.3g}")
                 results.append(result)
 
