@@ -507,6 +507,61 @@ experiment_winners = Table(
     UniqueConstraint("journey_id", "step_id", name="uq_experiment_winners_journey_step"),
 )
 
+# -- audience: segments -------------------------------------------------------------
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("description", Text),
+    Column("spec", Json, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    # building (a full rebuild is filling segment_members) | ready | archived
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("built_at", UTCDateTime()),
+    UniqueConstraint("workspace_id", "key", name="uq_segments_ws_key"),
+)
+
+# Current members only; who entered and left when is in segment_changes.
+segment_members = Table(
+    "segment_members",
+    metadata,
+    Column("segment_id", BigId, primary_key=True),
+    Column("profile_id", BigId, primary_key=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("entered_at", UTCDateTime(), nullable=False),
+    Index("ix_segment_members_ws_profile", "workspace_id", "profile_id"),
+)
+
+segment_changes = Table(
+    "segment_changes",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("segment_id", BigId, nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("change", String(8), nullable=False),  # entered | exited
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_segment_changes_segment_at", "segment_id", "at"),
+    Index("ix_segment_changes_profile", "profile_id"),
+)
+
+# -- audience: date triggers and schedules ---------------------------------------------
+
+# -- audience: broadcasts -------------------------------------------------------------
+
+# -- audience: catalog ------------------------------------------------------------------
+
+# -- customer import, export and erasure --------------------------------------------------
+
+# -- console ----------------------------------------------------------------------------
+
 __all__ = [
     "metadata",
     "workspaces",

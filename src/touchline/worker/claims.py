@@ -37,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 
+from touchline.audience.observers import observe_event
 from touchline.store.db import transaction
 from touchline.store.runtime import RunStats, Runtime
 from touchline.store.tables import (
@@ -175,6 +176,7 @@ def process_events(
             item_now = row.timestamp if event_time_as_now else now
             savepoint = conn.begin_nested()
             try:
+                observe_event(conn, row, now=item_now)
                 stats = runtime.handle_event(conn, row, now=item_now)
                 done = conn.execute(
                     update(events)

@@ -1,0 +1,1 @@
+"""Who a message is for: segments, date triggers and schedules, broadcasts, the catalog."""
