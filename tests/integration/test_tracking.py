@@ -78,6 +78,25 @@ steps:
   - send: {channel: sms, template: flash}
 """
 
+RECEIPT = """
+journey: receipt-fallback
+category: transactional
+trigger: {event: Order Placed}
+entry: {reentry: always}
+steps:
+  - id: mail
+    send: {channel: email, template: receipt}
+  - id: wait-fate
+    wait_for:
+      event: Message Failed
+      where: event.properties.journey == "receipt-fallback"
+      timeout: 1h
+      on_event: text
+      on_timeout: exit
+  - id: text
+    send: {channel: sms, template: receipt-sms}
+"""
+
 HTML = f"""<html><body><p><a href="{SALE.replace("&", "&amp;")}">Распродажа</a>
 <a href="{NEW}">Новинки</a> <a href="mailto:help@shop.example">Написать</a></p></body></html>"""
 
@@ -97,7 +116,11 @@ class Shop:
         self.ws = create_workspace(engine, "shop", now=T0).id
         with transaction(engine) as conn:
             apply_journeys(
-                conn, self.ws, [journey(NEWS, "news.yaml"), journey(FLASH, "flash.yaml")], now=T0
+                conn, self.ws, [
+                    journey(NEWS, "news.yaml"),
+                    journey(FLASH, "flash.yaml"),
+                    journey(RECEIPT, "receipt.yaml"),
+                ], now=T0
             )
         self.worker = Worker(engine, clock=clock, owner="w1")
         self.trigger(identify("anna", email="anna@example.com", phone="+79161234567"))
@@ -482,3 +505,30 @@ def test_a_journey_waiting_for_an_open_falls_back_to_sms_only_without_one(
     assert status == "completed"
     assert shop.templates() == (["news"] if opened else ["news", "news-sms"])
     assert len(shop.events("Email Opened")) == int(opened)
+
+
+@pytest.mark.parametrize("fate", ["sent", "failed"])
+def test_a_journey_waiting_for_its_message_to_fail_texts_instead(shop: Shop, fate: str) -> None:
+    """Sent and failed are customer events too: a failed receipt email falls back to SMS."""
+    # given
+    before = set(shop.messages())
+    shop.trigger(track("anna", "Order Placed"))
+    (mail,) = set(shop.messages()) - before
+    # when: the outcome is recorded twice, as a crash inside the send window would
+    for _ in range(2):
+        with transaction(shop.engine) as conn:
+            record_message_event(
+                conn,
+                workspace_id=shop.ws,
+                outbox_id=mail,
+                kind=fate,
+                at=shop.clock.now(),
+                detail=None if fate == "sent" else "550 mailbox unavailable",
+            )
+    shop.advance(timedelta(hours=2))
+    # then
+    name = "Message Sent" if fate == "sent" else "Message Failed"
+    (event,) = shop.events(name)
+    assert event.properties["message_id"] == mail
+    assert event.properties["journey"] == "receipt-fallback"
+    assert shop.templates()[-1] == ("receipt-sms" if fate == "failed" else "receipt")

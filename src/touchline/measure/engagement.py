@@ -44,6 +44,13 @@ MESSAGE_EVENT_KINDS = (
 )
 #: The kinds :func:`record_message_event` writes; opens and clicks go through :func:`record_hit`.
 OUTCOME_KINDS = frozenset(MESSAGE_EVENT_KINDS) - {"opened", "clicked"}
+#: Customer events for a message's own outcomes; delivery reports emit theirs in
+#: :mod:`touchline.messaging.receipts`, opens and clicks in :func:`record_hit`.
+OUTCOME_EVENTS: dict[str, str] = {
+    "sent": "Message Sent",
+    "failed": "Message Failed",
+    "unsubscribed": "Message Unsubscribed",
+}
 #: Customer event names for a person's first open or click, by hit kind and channel.
 HIT_EVENTS: dict[tuple[str, str], str] = {
     ("opened", "email"): "Email Opened",
@@ -110,12 +117,16 @@ def record_message_event(
     kind: str,
     at: datetime,
     detail: str | None = None,
+    emit: bool = True,
 ) -> bool:
     """Add a ``kind`` row for message ``outbox_id`` inside the caller's transaction.
 
     ``kind`` is one of :data:`OUTCOME_KINDS`. The customer, journey and
-    channel are copied from the message. Returns False (and logs) when the
-    workspace has no such message; nothing is written then.
+    channel are copied from the message. Sent, failed and unsubscribed also
+    become customer events (:data:`OUTCOME_EVENTS`, once per message) that
+    journeys can wait for, unless ``emit`` is False because the caller
+    emitted its own. Returns False (and logs) when the workspace has no such
+    message; nothing is written then.
     """
     if kind not in OUTCOME_KINDS:
         raise ValueError(f"unknown message event kind {kind!r}")
@@ -136,6 +147,25 @@ def record_message_event(
             detail=detail,
         )
     )
+    name = OUTCOME_EVENTS.get(kind)
+    if emit and name is not None:
+        emit_message_event(
+            conn,
+            workspace_id,
+            outbox_id=outbox_id,
+            profile_id=message.profile_id,
+            message_id=f"{kind}:{outbox_id}",
+            name=name,
+            properties={
+                "message_id": outbox_id,
+                "journey": message.journey,
+                "step": message.step_id,
+                "template": message.template,
+                "channel": message.channel,
+                "detail": detail,
+            },
+            now=at,
+        )
     return True
 
 
@@ -332,6 +362,7 @@ def _message(conn: Connection, workspace_id: str, outbox_id: int) -> Any:
 __all__ = [
     "HIT_EVENTS",
     "MESSAGE_EVENT_KINDS",
+    "OUTCOME_EVENTS",
     "OUTCOME_KINDS",
     "Engagement",
     "Hit",

@@ -163,8 +163,14 @@ def _record(
 
     kind = "failed" if receipt.status == "undelivered" else receipt.status
     detail = receipt.detail if kind != "failed" else f"undelivered: {receipt.detail or ''}"
-    record_message_event(
-        conn, workspace_id=workspace_id, outbox_id=row.id, kind=kind, at=now, detail=detail
+    record_message_event(  # its customer event was emitted above
+        conn,
+        workspace_id=workspace_id,
+        outbox_id=row.id,
+        kind=kind,
+        at=now,
+        detail=detail,
+        emit=False,
     )
     bump_message(conn, row.id, at=now, **{receipt.status: 1})
     return {"matched": True, "message_id": row.id, "status": receipt.status, "changed": True}
