@@ -16,16 +16,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
 from touchline.config import Settings
 from touchline.journeys.loader import LoadedJourney, load_journey_text
+from touchline.messaging import sms
 from touchline.messaging.channels.capture import CaptureChannel
 from touchline.messaging.dispatcher import Dispatcher
+from touchline.messaging.registry import ChannelRegistry
 from touchline.messaging.template_files import load_template_text
 from touchline.store.db import transaction
 from touchline.store.journeys import apply_journeys
-from touchline.store.tables import attributions, daily_stats, message_events
+from touchline.store.tables import attributions, daily_stats, message_events, workspaces
 from touchline.store.templates import apply_templates
 from touchline.store.workspaces import create_workspace
 from touchline.testing import FrozenClock, identify, run_until_idle, send_events, track
@@ -225,3 +227,68 @@ def test_split_rows_count_entries_and_goal_conversions_per_variant(engine: Engin
     assert a.get("converted", 0) + b.get("converted", 0) == 5
     assert a.get("revenue", 0) + b.get("revenue", 0) == Decimal("500.00")
     assert shop.stats(step_id="", channel="")["converted"] == 5
+
+
+SMS_JOURNEY = """
+journey: flash
+category: selling
+trigger: {event: Flash Sale}
+entry: {reentry: always}
+steps:
+  - send: {channel: sms, template: flash}
+"""
+
+SMS_TEMPLATE = """
+template: flash
+channel: sms
+text: >-
+  Только сегодня: скидка 30% на всю обувь и сумки в нашем магазине, доставка бесплатно.
+  Успейте до полуночи!
+"""
+
+
+def test_sms_parts_and_their_cost_land_on_the_message_s_row(engine: Engine) -> None:
+    """channels.sms.price_per_part prices every part sent; reports get parts and cost."""
+    # given: a Cyrillic text of two parts, and a price per part in the workspace settings
+    clock = FrozenClock(T0)
+    ws = create_workspace(engine, "shop", now=T0).id
+    source = textwrap.dedent(SMS_JOURNEY)
+    with transaction(engine) as conn:
+        apply_journeys(
+            conn, ws, [LoadedJourney("j.yaml", load_journey_text(source, file="j"), source)], now=T0
+        )
+        apply_templates(
+            conn, ws, [load_template_text(textwrap.dedent(SMS_TEMPLATE), file="t")], now=T0
+        )
+        conn.execute(
+            update(workspaces)
+            .where(workspaces.c.id == ws)
+            .values(settings={"channels": {"sms": {"provider": "capture", "price_per_part": 2.45}}})
+        )
+    capture = CaptureChannel()
+    registry = ChannelRegistry(engine, defaults={"*": capture}, clock=clock)
+    dispatcher = Dispatcher(
+        engine, clock=clock, owner="d", channels={"*": capture}, registry=registry
+    )
+    send_events(
+        engine,
+        ws,
+        [
+            identify("anna", phone="+79161234567", consent={"sms": True}),
+            track("anna", "Flash Sale"),
+        ],
+        now=T0,
+    )
+    run_until_idle(Worker(engine, clock=clock, owner="w"), clock)
+    # when
+    asyncio.run(dispatcher.run_once(clock.now()))
+    # then
+    (sent,) = capture.messages
+    assert sms.analyse(sent.text).parts == 2
+    with engine.connect() as conn:
+        parts, cost = conn.execute(
+            select(func.sum(daily_stats.c.sms_parts), func.sum(daily_stats.c.sms_cost)).where(
+                daily_stats.c.workspace_id == ws, daily_stats.c.channel == "sms"
+            )
+        ).one()
+    assert (parts, Decimal(cost)) == (2, Decimal("4.90"))

@@ -166,6 +166,16 @@ def test_the_workspace_zone_stands_in_for_a_missing_default_timezone() -> None:
             "channels.telegram.timeout:",
             "seconds",
         ),
+        (
+            {"channels": {"sms": {"provider": "capture", "price_per_part": -1}}},
+            "channels.sms.price_per_part:",
+            "zero or more",
+        ),
+        (
+            {"channels": {"sms": {"provider": "capture", "price_per_part": "cheap"}}},
+            "channels.sms.price_per_part:",
+            "number",
+        ),
         ({"sender": {"sms_sender": "TooLongSenderName"}}, "sender.sms_sender:", "11"),
         ({"sender": {"from": "a@b.ru"}}, "sender.from:", "unknown key"),
         ({"caps": [{"limit": 0, "window": "1d"}]}, "caps[0].limit:", ""),

@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, or_, select, update
@@ -458,8 +459,21 @@ class Dispatcher:
         )
         counters: dict[str, int] = {status: 1}
         if status == "sent" and item.channel == "sms" and item.message is not None:
-            counters["sms_parts"] = sms.analyse(item.message.text).parts
+            parts = sms.analyse(item.message.text).parts
+            counters["sms_parts"] = parts
+            counters["sms_cost"] = parts * self._sms_price(item.workspace_id)
         bump_message(conn, item.id, at=now, **counters)
+
+    def _sms_price(self, workspace_id: str) -> Decimal:
+        """The workspace's price of one SMS part (``channels.sms.price_per_part``), else 0."""
+        if self.registry is None:
+            return Decimal(0)
+        try:
+            spec = self.registry.settings(workspace_id).channel("sms")
+        except TouchlineError:  # unusable settings already fail the send itself
+            return Decimal(0)
+        price = spec.option("price_per_part") if spec is not None else None
+        return price if isinstance(price, Decimal) else Decimal(0)
 
     def _suppress_bounce(
         self, conn: Any, item: Prepared, address: str, error: TouchlineError, now: datetime

@@ -47,6 +47,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from email.utils import parseaddr
 from typing import Any
 from urllib.parse import urlsplit
@@ -547,7 +548,22 @@ def _finish_twilio(options: dict[str, Any], sender: Sender, where: str) -> None:
 
 
 _CALLBACK: dict[str, Check] = {"callback_secret": _secret}
-_SMS_COMMON: dict[str, Check] = {"region": _region, "timeout": _timeout}
+
+
+def _price(value: Any, where: str) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InputError(f"{where}: must be a number, e.g. 3.45")
+    try:
+        price = Decimal(str(value))
+    except ArithmeticError:
+        raise InputError(f"{where}: must be a number, e.g. 3.45") from None
+    if not price.is_finite() or price < 0:
+        raise InputError(f"{where}: must be zero or more")
+    return price
+
+
+#: What one SMS part costs (in the workspace's reporting currency): reports show the cost.
+_SMS_COMMON: dict[str, Check] = {"region": _region, "timeout": _timeout, "price_per_part": _price}
 _CAPTURE = ProviderSchema({})
 
 #: Every channel's providers and their options. Options left out take the adapter's defaults.
@@ -642,7 +658,7 @@ PROVIDERS: Mapping[str, Mapping[str, ProviderSchema]] = {
             },
             required=frozenset({"host", "port", "system_id", "password"}),
         ),
-        "capture": _CAPTURE,
+        "capture": ProviderSchema({"price_per_part": _price}),
     },
     "telegram": {
         "telegram": ProviderSchema(
