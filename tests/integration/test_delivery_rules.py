@@ -13,7 +13,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from touchline.errors import PermanentDeliveryError
 from touchline.journeys.loader import LoadedJourney, load_journey_text
@@ -24,7 +24,7 @@ from touchline.messaging.template_files import load_template_text
 from touchline.store.consent import ledger
 from touchline.store.db import transaction
 from touchline.store.journeys import apply_journeys
-from touchline.store.tables import outbox, profiles, suppressions, workspaces
+from touchline.store.tables import daily_stats, outbox, profiles, suppressions, workspaces
 from touchline.store.templates import apply_templates
 from touchline.store.workspaces import create_workspace
 from touchline.testing import FrozenClock, identify, run_until_idle, send_events, track
@@ -457,3 +457,39 @@ def test_a_journey_holdout_records_but_never_sends_to_its_control_group(engine: 
             ).scalars()
         )
     assert held_users == {u for u in users if in_holdout("promo", u, 30)}
+
+
+def test_the_workspace_control_group_is_counted_on_each_marketing_journey_s_holdout_side(
+    engine: Engine,
+) -> None:
+    """control_group: 20 keeps its customers' journey entries off the treated side of uplift."""
+    from touchline.messaging.policies import in_control_group
+
+    # given: a journey with no holdout of its own
+    shop = Shop(engine, {"promo": journey("promo")}, settings={"control_group": 20})
+    users = [f"u{i}" for i in range(200)]
+    shop.events(*[identify(u, email=f"{u}@example.ru", consent={"email": True}) for u in users])
+    # when
+    shop.events(*[track(u, "promo") for u in users])
+    d = shop.dispatcher()
+    while asyncio.run(d.run_once(shop.clock.now())):
+        pass
+    # then: their messages are kept with the reason, never sent, and the report counts them apart
+    control = {u for u in users if in_control_group(u, 20)}
+    assert 20 <= len(control) <= 60
+    with engine.connect() as conn:
+        kept = set(
+            conn.execute(
+                select(profiles.c.user_id)
+                .join(outbox, outbox.c.profile_id == profiles.c.id)
+                .where(outbox.c.reason == "control_group", outbox.c.status == "skipped")
+            ).scalars()
+        )
+        entered, held = conn.execute(
+            select(func.sum(daily_stats.c.entered), func.sum(daily_stats.c.holdout_entered)).where(
+                daily_stats.c.workspace_id == shop.ws
+            )
+        ).one()
+    assert kept == control
+    assert len(shop.capture.messages) == len(users) - len(control)
+    assert (entered, held) == (len(users) - len(control), len(control))

@@ -258,10 +258,19 @@ def enter(
     event: EventView,
     now: datetime,
     workspace_timezone: str = "UTC",
+    control_group: bool = False,
 ) -> Outcome:
-    """Start a new instance (already decided by :func:`decide_entry`) and run it to its first wait."""
+    """Start a new instance (already decided by :func:`decide_entry`) and run it to its first wait.
+
+    ``control_group`` says the customer is in the workspace-wide control group:
+    a marketing journey then counts them on its holdout side, since they go
+    through it and receive nothing, chosen by a hash independent of the journey's.
+    """
     run = _Run(spec, instance, profile=profile, event=event, now=now, tz=workspace_timezone)
-    if spec.holdout and in_holdout(spec.journey, profile.key, spec.holdout):
+    if control_group and spec.category is not Category.transactional:
+        run.instance.context["holdout"] = True
+        run.instance.context["control_group"] = True
+    elif spec.holdout and in_holdout(spec.journey, profile.key, spec.holdout):
         # Decided once, at entry: changing the percentage later moves no one already inside.
         run.instance.context["holdout"] = True
     for match in spec.exit_on:

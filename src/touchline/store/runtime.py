@@ -20,6 +20,8 @@ from touchline.journeys.localtime import zone
 from touchline.journeys.spec import JourneySpec
 from touchline.measure.rollups import bump, conversion_counters
 from touchline.measure.winners import WinnerCache
+from touchline.messaging.policies import in_control_group
+from touchline.messaging.rules import PolicyCache
 from touchline.store.consent import consent_from_identify, request_confirmation
 from touchline.store.db import insert_ignore
 from touchline.store.journeys import SpecCache
@@ -91,6 +93,7 @@ class Runtime:
     def __init__(self) -> None:
         self.specs = SpecCache()
         self.winners = WinnerCache()
+        self.policies = PolicyCache()
         self._workspace_tz: dict[str, str] = {}
 
     # -- loading ---------------------------------------------------------------------
@@ -304,7 +307,15 @@ class Runtime:
             )
             stats.entered += 1
             outcome = eng.enter(
-                spec, instance, profile=profile, event=event, now=now, workspace_timezone=tz
+                spec,
+                instance,
+                profile=profile,
+                event=event,
+                now=now,
+                workspace_timezone=tz,
+                control_group=in_control_group(
+                    profile.key, self.policies.get(conn, workspace_id).control_group
+                ),
             )
             held = bool(outcome.instance.context.get("holdout"))
             bump(
@@ -398,7 +409,7 @@ class Runtime:
                         "payload": {"when_capped": cmd.when_capped, "cap_exempt": cmd.cap_exempt},
                         # A control-group customer's message is kept, never sent.
                         "status": "skipped" if cmd.held_out else "pending",
-                        "reason": "holdout" if cmd.held_out else None,
+                        "reason": _held_reason(inst) if cmd.held_out else None,
                         "created_at": now,
                         "available_at": now,
                     },
@@ -570,6 +581,11 @@ class _InstanceRow:
     profile_id: int
     status: str = "active"
     ended_at: datetime | None = None
+
+
+def _held_reason(inst: eng.InstanceState) -> str:
+    """Why a held-out customer's message is kept: the workspace's control group or the journey's."""
+    return "control_group" if inst.context.get("control_group") else "holdout"
 
 
 def sweep_expired_listeners(conn: Connection, *, now: datetime, limit: int = 1000) -> int:
