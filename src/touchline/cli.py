@@ -698,6 +698,12 @@ def report() -> None:
 @click.option("--until", type=click.DateTime(), help="period end, exclusive, UTC (default: now)")
 @click.option("--split-by-journey", "journey", metavar="KEY", help="split by this journey")
 @click.option(
+    "--split-by-segment",
+    "segment",
+    metavar="KEY",
+    help="split by membership of this segment when each customer started",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["table", "json", "csv"]),
@@ -714,6 +720,7 @@ def report_funnel(
     since: datetime | None,
     until: datetime | None,
     journey: str | None,
+    segment: str | None,
     fmt: str,
     workspace: str | None,
 ) -> None:
@@ -735,7 +742,13 @@ def report_funnel(
     try:
         with _engine(ctx).connect() as conn:
             found = compute_funnel(
-                conn, ws, funnel, since=start, until=end, split_by_journey=journey
+                conn,
+                ws,
+                funnel,
+                since=start,
+                until=end,
+                split_by_journey=journey,
+                split_by_segment=segment,
             )
     except TouchlineError as exc:
         raise click.ClickException(exc.message) from None

@@ -22,10 +22,17 @@ from sqlalchemy import Engine, insert
 
 from touchline.cli import main
 from touchline.config import Settings
-from touchline.errors import NotFound
+from touchline.errors import InputError, NotFound
 from touchline.measure.funnels import FunnelReport, build_funnel, compute_funnel
 from touchline.store.db import transaction
-from touchline.store.tables import events, instances, journeys, profiles
+from touchline.store.tables import (
+    events,
+    instances,
+    journeys,
+    profiles,
+    segment_changes,
+    segments,
+)
 from touchline.store.workspaces import CreatedWorkspace, create_workspace
 from touchline.testing import FrozenClock
 from touchline.web.app import create_app
@@ -116,12 +123,40 @@ class Store:
                 )
             )
 
+    def segment(self, key: str, *changes: tuple[int, str, datetime]) -> None:
+        """A segment and its recorded history: (profile, entered | exited, at) rows."""
+        with transaction(self.engine) as conn:
+            segment_id = conn.execute(
+                insert(segments).values(
+                    workspace_id=self.ws,
+                    key=key,
+                    name=key,
+                    spec={},
+                    source="",
+                    checksum="",
+                    status="ready",
+                    created_at=T0,
+                    updated_at=T0,
+                )
+            ).inserted_primary_key[0]
+            for profile_id, change, at in changes:
+                conn.execute(
+                    insert(segment_changes).values(
+                        workspace_id=self.ws,
+                        segment_id=segment_id,
+                        profile_id=profile_id,
+                        change=change,
+                        at=at,
+                    )
+                )
+
     def funnel(
         self,
         steps: list[tuple[str, str | None]] = SHOP_STEPS,
         *,
         window: str = "7d",
         split_by_journey: str | None = None,
+        split_by_segment: str | None = None,
     ) -> FunnelReport:
         with self.engine.connect() as conn:
             return compute_funnel(
@@ -131,6 +166,7 @@ class Store:
                 since=SINCE,
                 until=UNTIL,
                 split_by_journey=split_by_journey,
+                split_by_segment=split_by_segment,
             )
 
 
@@ -261,6 +297,43 @@ def test_split_by_journey_uses_instances_entered_at_or_before_step_one(store: St
     assert counts(report, "in_journey") == [2, 1]
     assert counts(report, "not_in_journey") == [3, 1]
     assert report.group("in_journey").steps[1].from_previous == 0.5
+
+
+def test_split_by_segment_uses_membership_when_the_customer_started(store: Store) -> None:
+    """'In the segment' is the recorded membership at step 1, not membership gained later."""
+    # given
+    member = store.history((VIEW, T0 + 2 * H), (ADD, T0 + 3 * H))
+    joined_after = store.history((VIEW, T0 + 2 * H), (ADD, T0 + 3 * H))
+    left_before = store.history((VIEW, T0 + 2 * H))
+    rejoined = store.history((VIEW, T0 + 4 * H))
+    store.history((VIEW, T0 + 2 * H))  # never a member
+    store.segment(
+        "vip",
+        (member, "entered", T0),
+        (joined_after, "entered", T0 + 3 * H),
+        (left_before, "entered", T0),
+        (left_before, "exited", T0 + H),
+        (rejoined, "entered", T0),
+        (rejoined, "exited", T0 + H),
+        (rejoined, "entered", T0 + 4 * H),
+    )
+    # when
+    report = store.funnel([(VIEW, None), (ADD, None)], split_by_segment="vip")
+    # then
+    assert [g.group for g in report.groups] == ["all", "in_segment", "not_in_segment"]
+    assert counts(report) == [5, 2]
+    assert counts(report, "in_segment") == [2, 1]
+    assert counts(report, "not_in_segment") == [3, 1]
+    assert report.as_dict()["split_by_segment"] == "vip"
+
+
+def test_a_funnel_split_by_an_unknown_segment_or_by_two_things_is_refused(store: Store) -> None:
+    """An unknown segment is NotFound; a journey and a segment at once is an input error."""
+    store.journey("abandoned-cart")
+    with pytest.raises(NotFound, match="no segment 'ghost'"):
+        store.funnel(split_by_segment="ghost")
+    with pytest.raises(InputError, match="not both"):
+        store.funnel(split_by_journey="abandoned-cart", split_by_segment="ghost")
 
 
 def test_an_empty_funnel_reports_zeros(store: Store) -> None:

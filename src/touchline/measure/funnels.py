@@ -25,6 +25,13 @@ Semantics, per customer (profile):
   ``entered_at`` is at or before their step-1 time; every other customer who
   started is *not in the journey*. Profile merges move instances as they move
   events, so both sides name the surviving profile.
+* **Segment split.** With ``split_by_segment``, a customer is *in the
+  segment* when the segment's recorded history (``segment_changes``) has them
+  a member at their step-1 time: their last change at or before it is an
+  entry. Membership that began later (often *because* of the funnel's own
+  conversion, as in "customers with an order") does not count, so the split
+  compares people by who they were when they started. A segment has no
+  history before it was first built; everyone is *not in* it before then.
 
 Figures per step: customers reaching it, conversion from the previous step
 and from step 1 (None where the base is zero), and the median time from the
@@ -60,7 +67,7 @@ from touchline.clock import utc
 from touchline.errors import ConditionError, InputError, NotFound
 from touchline.journeys.conditions import Condition, compile_condition
 from touchline.journeys.durations import format_duration, parse_duration
-from touchline.store.tables import events, instances, journeys
+from touchline.store.tables import events, instances, journeys, segment_changes, segments
 
 __all__ = [
     "DEFAULT_PERIOD",
@@ -104,6 +111,7 @@ LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 EVENT_ROOTS = frozenset({"event"})
 
 GROUP_ALL, GROUP_IN, GROUP_OUT = "all", "in_journey", "not_in_journey"
+GROUP_IN_SEGMENT, GROUP_OUT_SEGMENT = "in_segment", "not_in_segment"
 
 
 # -- definitions ---------------------------------------------------------------------
@@ -268,7 +276,8 @@ class StepFigures:
 
 @dataclass(frozen=True)
 class GroupFigures:
-    """The funnel's table for one group: ``all``, ``in_journey`` or ``not_in_journey``."""
+    """The funnel's table for one group: ``all``, ``in_journey``, ``not_in_journey``,
+    ``in_segment`` or ``not_in_segment``."""
 
     group: str
     steps: tuple[StepFigures, ...]
@@ -290,6 +299,7 @@ class FunnelReport:
     until: datetime
     journey: str | None
     groups: tuple[GroupFigures, ...]
+    segment: str | None = None
 
     def group(self, name: str) -> GroupFigures:
         """The figures of group ``name``; KeyError when the report has no such group."""
@@ -305,6 +315,7 @@ class FunnelReport:
             "since": self.since.isoformat(),
             "until": self.until.isoformat(),
             "split_by_journey": self.journey,
+            "split_by_segment": self.segment,
             "groups": [g.as_dict() for g in self.groups],
         }
 
@@ -394,12 +405,15 @@ def compute_funnel(
     since: datetime,
     until: datetime,
     split_by_journey: str | None = None,
+    split_by_segment: str | None = None,
 ) -> FunnelReport:
     """Measure ``funnel`` over the workspace's events (semantics in the module docstring).
 
     ``since`` and ``until`` are aware datetimes with ``since < until``.
     ``split_by_journey`` is a journey key of this workspace (NotFound otherwise);
-    it adds the groups ``in_journey`` and ``not_in_journey`` after ``all``.
+    it adds the groups ``in_journey`` and ``not_in_journey`` after ``all``;
+    ``split_by_segment`` names a segment instead and adds ``in_segment`` and
+    ``not_in_segment``. One split at a time.
     """
     if since.tzinfo is None or until.tzinfo is None:
         raise InputError("since and until must be aware datetimes")
@@ -407,6 +421,17 @@ def compute_funnel(
         raise InputError("since must be before until")
     if until > LATEST:
         raise InputError(f"until must be no later than {LATEST:%Y-%m-%d}")
+    if split_by_journey is not None and split_by_segment is not None:
+        raise InputError("split by a journey or by a segment, not both")
+    segment_id = None
+    if split_by_segment is not None:
+        segment_id = conn.execute(
+            select(segments.c.id).where(
+                segments.c.workspace_id == workspace_id, segments.c.key == split_by_segment
+            )
+        ).scalar()
+        if segment_id is None:
+            raise NotFound(f"no segment {split_by_segment!r} in this workspace")
     journey_id = None
     if split_by_journey is not None:
         journey_id = conn.execute(
@@ -418,13 +443,19 @@ def compute_funnel(
             raise NotFound(f"no journey {split_by_journey!r} in this workspace")
 
     size = len(funnel.steps)
-    tallies = {GROUP_ALL: _Tally(size), GROUP_IN: _Tally(size), GROUP_OUT: _Tally(size)}
+    names: tuple[str, ...] = (GROUP_ALL,)
+    if journey_id is not None:
+        names = (GROUP_ALL, GROUP_IN, GROUP_OUT)
+    elif segment_id is not None:
+        names = (GROUP_ALL, GROUP_IN_SEGMENT, GROUP_OUT_SEGMENT)
+    tallies = {name: _Tally(size) for name in names}
     query = _event_stream(workspace_id, funnel, since, until, journey_id)
     if conn.dialect.name != "sqlite":
         # A server-side cursor; SQLite's driver already steps through results lazily.
         query = query.execution_options(yield_per=STREAM_BATCH)
     rows = conn.execute(query)
-    for _, customer in groupby(rows, key=attrgetter("profile_id")):
+    history = _History(conn, segment_id, until) if segment_id is not None else None
+    for profile_id, customer in groupby(rows, key=attrgetter("profile_id")):
         first, walk = _peek(customer)
         times = trace_attempt(funnel, walk, since=since, until=until)
         if not times:
@@ -434,15 +465,52 @@ def compute_funnel(
             entered = first.first_entered
             inside = entered is not None and entered <= times[0]
             tallies[GROUP_IN if inside else GROUP_OUT].add(times)
+        elif history is not None:
+            inside = history.member_at(profile_id, times[0])
+            tallies[GROUP_IN_SEGMENT if inside else GROUP_OUT_SEGMENT].add(times)
 
-    names = (GROUP_ALL,) if journey_id is None else (GROUP_ALL, GROUP_IN, GROUP_OUT)
     return FunnelReport(
         funnel=funnel,
         since=since,
         until=until,
         journey=split_by_journey,
         groups=tuple(tallies[name].figures(funnel, name) for name in names),
+        segment=split_by_segment,
     )
+
+
+class _History:
+    """A segment's changes, read alongside the event stream: both go in profile order.
+
+    Memory is one customer's changes; the two cursors advance together, so the
+    split costs one more ordered scan of the segment's changes before ``until``.
+    """
+
+    def __init__(self, conn: Connection, segment_id: int, until: datetime) -> None:
+        query = (
+            select(segment_changes.c.profile_id, segment_changes.c.at, segment_changes.c.change)
+            .where(segment_changes.c.segment_id == segment_id, segment_changes.c.at < until)
+            .order_by(segment_changes.c.profile_id, segment_changes.c.at, segment_changes.c.id)
+        )
+        if conn.dialect.name != "sqlite":
+            query = query.execution_options(yield_per=STREAM_BATCH)
+        self._rows = iter(conn.execute(query))
+        self._next: Any = next(self._rows, None)
+
+    def member_at(self, profile_id: int, at: datetime) -> bool:
+        """Whether the customer's last change at or before ``at`` was an entry.
+
+        Called with increasing ``profile_id``; changes of customers skipped on
+        the way are passed over.
+        """
+        while self._next is not None and self._next.profile_id < profile_id:
+            self._next = next(self._rows, None)
+        member = False
+        while self._next is not None and self._next.profile_id == profile_id:
+            if self._next.at <= at:
+                member = self._next.change == "entered"
+            self._next = next(self._rows, None)
+        return member
 
 
 def _peek(rows: Iterable[Any]) -> tuple[Any, Iterable[Any]]:
@@ -557,10 +625,13 @@ def render_table(report: FunnelReport, out: TextIO) -> None:
         f"window {window}"
     )
     journey = escape(report.journey or "")
+    segment = escape(report.segment or "")
     titles = {
         GROUP_ALL: "All customers",
         GROUP_IN: f"In journey {journey}",
         GROUP_OUT: f"Not in journey {journey}",
+        GROUP_IN_SEGMENT: f"In segment {segment} when they started",
+        GROUP_OUT_SEGMENT: f"Not in segment {segment} when they started",
     }
     for g in report.groups:
         console.print()

@@ -68,6 +68,7 @@ class FunnelRequest(BaseModel):
     since: datetime | None = None
     until: datetime | None = None
     split_by_journey: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    split_by_segment: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 @router.post("/funnel", response_model=None)
@@ -93,6 +94,7 @@ async def funnel_report(
                 since=since,
                 until=until,
                 split_by_journey=body.split_by_journey,
+                split_by_segment=body.split_by_segment,
             )
 
     report = await run_in_threadpool(run)
