@@ -22,20 +22,13 @@ defines every figure.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any, Protocol, TextIO, get_args
+from typing import Any, TextIO, get_args
 
-from rich import box
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 from sqlalchemy import Connection, func, select
 
 from touchline.errors import InputError, NotFound
@@ -48,6 +41,13 @@ from touchline.measure.experiments import (
     Verdict,
     declare_winner,
     uplift,
+)
+from touchline.measure.report_table import (
+    Report,
+    ReportTable,
+    console_for,
+    json_value,
+    write_report,
 )
 from touchline.measure.stats import Comparison, Interval, Summary, proportion_interval
 from touchline.store.tables import daily_stats, journey_versions, journeys
@@ -91,7 +91,6 @@ DEFAULT_DAYS = 30
 #: smaller effects need more, so callers may ask for more.
 VARIANT_MIN_SAMPLE = 1000
 #: Width of tables written to a file or pipe (a terminal uses its own width).
-FILE_WIDTH = 180
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -137,6 +136,13 @@ _POINT_COLUMNS = frozenset({"uplift", "uplift_low", "uplift_high"})
 _TEXT_COLUMNS = frozenset({*GROUPINGS, "name", "trigger", "note", "open_rate_base"})
 
 
+def _table(**fields: Any) -> ReportTable:
+    """A ReportTable that knows which of the reports' columns are rates, points and text."""
+    return ReportTable(
+        **{"percent": _PERCENT_COLUMNS, "points": _POINT_COLUMNS, "text": _TEXT_COLUMNS, **fields}
+    )
+
+
 # -- periods and groupings ---------------------------------------------------------------
 
 
@@ -166,109 +172,6 @@ def parse_by(text: str | Sequence[str] | None) -> tuple[str, ...]:
     if {"step", "variant"} & set(names):
         names.append("journey")
     return tuple(g for g in GROUPINGS if g in names)
-
-
-# -- tables ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReportTable:
-    """Rows of named columns, with the period and other facts about them in ``meta``.
-
-    Values are Python values: ``None`` for "not defined", floats for rates
-    (fractions of 1), Decimals for money, dates for days. ``shown`` names the
-    columns a printed table shows (all when empty); CSV and JSON carry every column.
-    A printed table shows the floats of ``percent`` columns as percentages and
-    those of ``points`` columns (differences of rates) in percentage points.
-    """
-
-    title: str
-    columns: tuple[str, ...]
-    rows: tuple[tuple[Any, ...], ...]
-    meta: Mapping[str, Any] = field(default_factory=dict)
-    shown: tuple[str, ...] = ()
-    percent: frozenset[str] = _PERCENT_COLUMNS
-    points: frozenset[str] = _POINT_COLUMNS
-
-    def records(self) -> list[dict[str, Any]]:
-        """Each row as a JSON-ready mapping: rates rounded to 4 places, money as numbers."""
-        return [
-            {c: _json_value(v) for c, v in zip(self.columns, row, strict=True)} for row in self.rows
-        ]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**{k: _json_value(v) for k, v in self.meta.items()}, "rows": self.records()}
-
-    def table(self) -> ReportTable:
-        return self
-
-    def to_csv(self) -> str:
-        """A header row, then one row per row; empty cells for None.
-
-        Text starting like a spreadsheet formula (journey names are free text) is
-        prefixed with ``'`` so opening the file never runs it; numbers are left as
-        they are, minus signs included.
-        """
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(self.columns)
-        for row in self.rows:
-            writer.writerow([_csv_cell(v) for v in row])
-        return out.getvalue()
-
-    def render(self, out: TextIO) -> None:
-        """Print for people: a heading and one table, ASCII when ``out`` is not a terminal."""
-        console, frame = _console(out)
-        console.print(f"[bold]{_escape(self.title)}[/bold]")
-        shown = self.shown or self.columns
-        table = Table(box=frame, show_edge=not console.is_terminal, pad_edge=False)
-        for name in shown:
-            text = name in _TEXT_COLUMNS
-            heading = name.replace("_", " ")  # words, so a narrow column wraps its heading
-            table.add_column(heading, justify="left" if text else "right", no_wrap=text)
-        for row in self.rows:
-            table.add_row(*(_escape(self._shown(c, row[self.columns.index(c)])) for c in shown))
-        console.print(table)
-
-    def _shown(self, column: str, value: Any) -> str:
-        """A value as a printed table shows it: rates as percentages, money to the cent."""
-        if value is None:
-            return "-"
-        if isinstance(value, bool):
-            return "yes" if value else "no"
-        if isinstance(value, float) and column in self.percent:
-            return f"{value * 100:.1f}%"
-        if isinstance(value, float) and column in self.points:
-            return f"{value * 100:+.1f} pts"
-        if isinstance(value, float) and column.endswith("p_value"):
-            return f"{value:.3g}"
-        if isinstance(value, float | Decimal):
-            return f"{value:,.2f}"
-        if isinstance(value, date):
-            return value.isoformat()
-        return str(value)
-
-
-class Report(Protocol):
-    """What :func:`write_report` prints: a JSON document, a table, a way to show itself."""
-
-    def as_dict(self) -> dict[str, Any]: ...
-
-    def table(self) -> ReportTable: ...
-
-    def render(self, out: TextIO) -> None: ...
-
-
-def write_report(found: Report, fmt: str, out: TextIO) -> None:
-    """Write ``found`` to ``out`` as ``json``, ``csv`` or a ``table`` for people."""
-    if fmt == "json":
-        out.write(json.dumps(found.as_dict(), indent=2, ensure_ascii=False) + "\n")
-    elif fmt == "csv":
-        out.write(found.table().to_csv())
-    elif fmt == "table":
-        found.render(out)
-    else:
-        raise InputError(f"unknown format {fmt!r}; use table, json or csv")
 
 
 # -- messages ----------------------------------------------------------------------------
@@ -358,7 +261,7 @@ def report(
         key = tuple(_group_value(g, r, names) for g in by)
         groups.setdefault(key, _Group()).add(r)
     ordered = sorted(groups.items(), key=lambda item: tuple(_sort_key(v) for v in item[0]))
-    return ReportTable(
+    return _table(
         title=f"Messages {since.isoformat()} to {until.isoformat()}",
         columns=(*by, *_MESSAGE_COLUMNS),
         rows=tuple((*key, *group.figures()) for key, group in ordered),
@@ -441,7 +344,7 @@ class JourneyFigures:
             "holdout_percent": self.holdout_percent,
             "treated": _side(self.entered, self.converted, self.revenue),
             "holdout": _side(self.holdout_entered, self.holdout_converted, self.holdout_revenue),
-            "cart_recovery_rate": _json_value(self.cart_recovery_rate),
+            "cart_recovery_rate": json_value(self.cart_recovery_rate),
             "uplift": None
             if found is None
             else {
@@ -605,7 +508,7 @@ class JourneyReport:
         }
 
     def table(self) -> ReportTable:
-        return ReportTable(
+        return _table(
             title=f"Journeys {self.since.isoformat()} to {self.until.isoformat()}",
             columns=JOURNEY_COLUMNS,
             rows=tuple(j.row() for j in self.journeys),
@@ -668,7 +571,7 @@ class VariantReport:
             "since": self.since.isoformat(),
             "until": self.until.isoformat(),
             "variants": [
-                {c: _json_value(x) for c, x in zip(_VARIANT_COLUMNS, r, strict=True)}
+                {c: json_value(x) for c, x in zip(_VARIANT_COLUMNS, r, strict=True)}
                 for r in self.rows()
             ],
             "verdict": {
@@ -678,7 +581,7 @@ class VariantReport:
                 "comparisons": {
                     name: {
                         **_comparison(c, a="rival", b="leader"),
-                        "adjusted_p_value": _json_value(v.adjusted_p_values.get(name)),
+                        "adjusted_p_value": json_value(v.adjusted_p_values.get(name)),
                     }
                     for name, c in v.comparisons.items()
                 },
@@ -714,7 +617,7 @@ class VariantReport:
 
     def table(self) -> ReportTable:
         money = self.metric == "revenue"
-        return ReportTable(
+        return _table(
             title=f"{self.journey} / {self.step}: {self.metric} ({self.unit})",
             columns=_VARIANT_COLUMNS,
             rows=tuple(self.rows()),
@@ -727,8 +630,8 @@ class VariantReport:
 
     def render(self, out: TextIO) -> None:
         self.table().render(out)
-        console, _ = _console(out)
-        console.print(f"Verdict: {_escape(self.verdict.reason)}")
+        console, _ = console_for(out)
+        console.print(f"Verdict: {escape(self.verdict.reason)}")
 
 
 _VARIANT_COLUMNS = _names(
@@ -906,24 +809,24 @@ def _side(entries: int, converted: int, revenue: Decimal) -> dict[str, Any]:
     return {
         "entries": entries,
         "converted": converted,
-        "goal_rate": _json_value(_rate(converted, entries)),
-        "revenue": _json_value(revenue),
-        "revenue_per_entry": _json_value(_rate(float(revenue), entries)),
+        "goal_rate": json_value(_rate(converted, entries)),
+        "revenue": json_value(revenue),
+        "revenue_per_entry": json_value(_rate(float(revenue), entries)),
     }
 
 
 def _comparison(c: Comparison, *, a: str = "holdout", b: str = "treated") -> dict[str, Any]:
     """A comparison as JSON, its two groups named ``a`` and ``b``; the difference is b - a."""
     return {
-        a: _json_value(c.a),
-        b: _json_value(c.b),
-        "difference": _json_value(c.difference),
-        "low": _json_value(c.interval.low if c.interval else None),
-        "high": _json_value(c.interval.high if c.interval else None),
-        "relative": _json_value(c.relative_lift),
-        "relative_low": _json_value(c.relative_interval.low if c.relative_interval else None),
-        "relative_high": _json_value(c.relative_interval.high if c.relative_interval else None),
-        "p_value": _json_value(c.p_value),
+        a: json_value(c.a),
+        b: json_value(c.b),
+        "difference": json_value(c.difference),
+        "low": json_value(c.interval.low if c.interval else None),
+        "high": json_value(c.interval.high if c.interval else None),
+        "relative": json_value(c.relative_lift),
+        "relative_low": json_value(c.relative_interval.low if c.relative_interval else None),
+        "relative_high": json_value(c.relative_interval.high if c.relative_interval else None),
+        "p_value": json_value(c.p_value),
         "test": c.test,
         "significant": c.significant,
         "reason": c.reason,
@@ -934,9 +837,9 @@ def _interval(i: Interval | None) -> dict[str, Any] | None:
     if i is None:
         return None
     return {
-        "estimate": _json_value(i.estimate),
-        "low": _json_value(i.low),
-        "high": _json_value(i.high),
+        "estimate": json_value(i.estimate),
+        "low": json_value(i.low),
+        "high": json_value(i.high),
     }
 
 
@@ -954,53 +857,3 @@ def _flat(c: Comparison | None, *, relative: bool) -> tuple[Any, ...]:
 
 def _bounds(i: Interval | None) -> tuple[float | None, float | None, float | None]:
     return (None, None, None) if i is None else (i.estimate, i.low, i.high)
-
-
-def _json_value(value: Any) -> Any:
-    """Floats to 4 places (4 digits when smaller), money to cents as a number, days as ISO."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None  # JSON has no NaN or infinity
-        # Tiny values (p-values) keep 4 significant digits rather than rounding to 0.
-        return round(value, 4) if abs(value) >= 1e-4 else float(f"{value:.4g}")
-    if isinstance(value, Decimal):
-        return float(round(value, 2))
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, list | tuple):
-        return [_json_value(v) for v in value]
-    return value
-
-
-_CENT = Decimal("0.01")
-# Cells starting with these are formulas to a spreadsheet; CSV text is quoted with '.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _csv_cell(value: Any) -> str:
-    if isinstance(value, Decimal):
-        return str(value.quantize(_CENT))
-    value = _json_value(value)
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return "'" + value if value.startswith(_FORMULA_STARTS) else value
-    return str(value)
-
-
-# -- printing ----------------------------------------------------------------------------
-
-
-def _console(out: TextIO) -> tuple[Console, box.Box]:
-    console = Console(file=out, highlight=False)
-    if not console.is_terminal:
-        console = Console(file=out, highlight=False, width=FILE_WIDTH, no_color=True)
-    return console, box.SIMPLE_HEAD if console.is_terminal else box.ASCII
-
-
-def _escape(text: str) -> str:
-    return escape(text)
