@@ -8,10 +8,13 @@
     │   ├── AuthError               missing or wrong key / token (401)
     │   ├── NotFound                no such object in this workspace (404)
     │   ├── Conflict                the object's state forbids the change, e.g. taken (409)
-    │   └── PayloadTooLarge         over a size limit (400)
+    │   ├── PayloadTooLarge         over a size limit (413)
+    │   └── NestedTooDeep           JSON nested past the depth limit (400)
     ├── SpecError                   a journey file is invalid; carries every problem found
     ├── ConditionError              a condition expression does not parse or type-check
-    ├── StoreError                  the database refused or is unreachable
+    ├── StoreError                  the database refused or is unreachable (503)
+    │   ├── StoreBusy               another writer held the lock past the timeout (503)
+    │   └── StoreFull               the disk or the database is full (507)
     └── DeliveryError               sending a message failed
         ├── TransientDeliveryError  worth retrying (timeouts, 4xx SMTP, provider 5xx)
         └── PermanentDeliveryError  never worth retrying (invalid number, 5xx SMTP)
@@ -66,6 +69,13 @@ class Conflict(InputError):
 
 class PayloadTooLarge(InputError):
     code = "payload_too_large"
+    status = 413
+
+
+class NestedTooDeep(InputError):
+    """A JSON body nests arrays and objects deeper than touchline walks safely."""
+
+    code = "nested_too_deep"
     status = 400
 
 
@@ -108,6 +118,23 @@ class ConditionError(TouchlineError):
 class StoreError(TouchlineError):
     code = "store_error"
     status = 503
+    #: Seconds a client should wait before trying again (the ``Retry-After`` header).
+    retry_after: int | None = None
+
+
+class StoreBusy(StoreError):
+    """The store's write lock stayed taken past the busy timeout; nothing was written."""
+
+    code = "store_busy"
+    status = 503
+    retry_after = 1
+
+
+class StoreFull(StoreError):
+    """The store ran out of space; the transaction was rolled back whole."""
+
+    code = "store_full"
+    status = 507
 
 
 class DeliveryError(TouchlineError):

@@ -159,8 +159,8 @@ OVERSIZE_BATCH = json.dumps(
     [
         ("/v1/track", "{not json", 400, "invalid_input"),
         ("/v1/track", '{"event": "Viewed"}', 400, "missing_identity"),
-        ("/v1/track", OVERSIZE_EVENT, 400, "payload_too_large"),
-        ("/v1/batch", OVERSIZE_BATCH, 400, "payload_too_large"),
+        ("/v1/track", OVERSIZE_EVENT, 413, "payload_too_large"),
+        ("/v1/batch", OVERSIZE_BATCH, 413, "payload_too_large"),
         ("/v1/nowhere", "{}", 404, "not_found"),
     ],
 )

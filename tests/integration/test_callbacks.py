@@ -505,8 +505,8 @@ def test_http_gateway_ignores_another_workspaces_id(shop: Shop) -> None:
 
 
 def test_an_oversized_body_is_refused(shop: Shop) -> None:
-    """Bodies over the limit answer 400 payload_too_large before anything is read from the store."""
+    """Bodies over the limit answer 413 payload_too_large before anything is read from the store."""
     body = {"message_id": "m@x", "type": "delivered", "detail": "x" * 70_000}
     response = shop.post("email", json_body=body, token=EMAIL_SECRET)
-    assert response.status_code == 400
+    assert response.status_code == 413
     assert response.json()["code"] == "payload_too_large"

@@ -182,7 +182,7 @@ def test_gzip_bomb_is_refused(client: TestClient, workspace: CreatedWorkspace) -
         content=bomb,
         headers={**basic(workspace.write_key), "Content-Encoding": "gzip"},
     )
-    assert_error(response, 400, "payload_too_large")
+    assert_error(response, 413, "payload_too_large")
 
 
 @pytest.mark.parametrize(
@@ -203,19 +203,19 @@ def test_bad_encodings_are_invalid_input(
 
 
 def test_oversize_event_is_refused(client: TestClient, workspace: CreatedWorkspace) -> None:
-    """A single event over 32 KB is payload_too_large (HTTP 400)."""
+    """A single event over 32 KB is payload_too_large (HTTP 413)."""
     big = {**TRACK, "properties": {"blob": "x" * 33 * 1024}}
     response = client.post("/v1/track", json=big, headers=basic(workspace.write_key))
-    assert_error(response, 400, "payload_too_large")
+    assert_error(response, 413, "payload_too_large")
 
 
 def test_oversize_batch_is_refused(client: TestClient, workspace: CreatedWorkspace) -> None:
-    """A batch body over 500 KB is payload_too_large (HTTP 400), whatever it holds."""
+    """A batch body over 500 KB is payload_too_large (HTTP 413), whatever it holds."""
     item = {**TRACK, "type": "track", "properties": {"blob": "x" * 20 * 1024}}
     raw = json.dumps({"batch": [item] * 30}).encode()
     assert len(raw) > MAX_BATCH_BYTES
     response = client.post("/v1/batch", content=raw, headers=basic(workspace.write_key))
-    assert_error(response, 400, "payload_too_large")
+    assert_error(response, 413, "payload_too_large")
 
 
 @pytest.mark.parametrize(

@@ -345,7 +345,7 @@ def test_every_series_is_documented(shop: Shop) -> None:
         for f in text_string_to_metric_families(response.text)
         if not f.name.endswith("_created")
     }
-    assert len(exposed) == 13
+    assert len(exposed) == 15
     assert exposed <= documented, exposed - documented
 
 

@@ -669,4 +669,5 @@ def test_api_refuses_bad_requests(desk: Desk) -> None:
         "invalid_input",
     )
     _error(desk.client.get("/admin/v1/tasks"), 401, "unauthorized")
-    _error(desk.get("/not-a-number"), 400, "invalid_input")
+    _error(desk.get("/not-a-number"), 404, "not_found")  # task ids are numbers: no such route
+    _error(desk.get(f"/{2**63}"), 400, "invalid_input")  # past a BIGINT: refused, not a 500

@@ -237,3 +237,22 @@ def test_configure_logging_refuses_an_unknown_format() -> None:
     """A format other than text or json is a programming error, reported at once."""
     with pytest.raises(ValueError, match="text, json"):
         configure_logging("INFO", fmt="xml")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (
+            '"GET /t/o/ws_ab12cd34ef56.AQIDBAUGBwgJCgsMDQ4P.gif HTTP/1.1" 200',
+            f'"GET /t/o/ws_ab12cd34ef56.{REDACTED}.gif HTTP/1.1" 200',
+        ),
+        (
+            '"GET /t/c/ws_ab12cd34ef56.AQIDBAUGBwgJCgsMDQ4PEBES HTTP/1.1" 302',
+            f'"GET /t/c/ws_ab12cd34ef56.{REDACTED} HTTP/1.1" 302',
+        ),
+        ('"GET /s/Ab3dE9xZ HTTP/1.1" 302', f'"GET /s/{REDACTED} HTTP/1.1" 302'),
+    ],
+)
+def test_tracking_tokens_and_short_codes_are_redacted(line: str, expected: str) -> None:
+    """Open-pixel and click tokens keep their workspace only; SMS short codes go entirely."""
+    assert redact(line) == expected

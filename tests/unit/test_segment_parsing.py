@@ -206,12 +206,12 @@ def test_escaped_non_ascii_is_fine() -> None:
 
 
 def test_event_over_32kb_is_payload_too_large() -> None:
-    """A single-event body over 32 KB is payload_too_large with status 400."""
+    """A single-event body over 32 KB is payload_too_large with status 413."""
     obj = {"userId": "u", "event": "E", "properties": {"x": "a" * MAX_EVENT_BYTES}}
     with pytest.raises(PayloadTooLarge) as caught:
         parse("track", obj)
     assert caught.value.code == "payload_too_large"
-    assert caught.value.status == 400
+    assert caught.value.status == 413
 
 
 def test_batch_item_over_32kb_is_payload_too_large() -> None:

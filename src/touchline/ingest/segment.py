@@ -10,10 +10,12 @@ Contract, in the order checks run:
 
 * Size: one event may serialise to at most :data:`MAX_EVENT_BYTES` (32 KB), a
   batch body to at most :data:`MAX_BATCH_BYTES` (500 KB); over that is
-  :class:`~touchline.errors.PayloadTooLarge` (``payload_too_large``, HTTP 400).
-* The body must be UTF-8 JSON holding an object; ``NaN``/``Infinity`` and
-  strings the store cannot keep (NUL characters, unpaired surrogates) are
-  refused. Wrong field types are :class:`~touchline.errors.InputError` whose
+  :class:`~touchline.errors.PayloadTooLarge` (``payload_too_large``, HTTP 413).
+* The body must be UTF-8 JSON holding an object, nested at most
+  :data:`~touchline.nesting.MAX_JSON_DEPTH` (64) levels deep, else
+  :class:`~touchline.errors.NestedTooDeep` (``nested_too_deep``, HTTP 400);
+  ``NaN``/``Infinity`` and strings the store cannot keep (NUL characters,
+  unpaired surrogates) are refused. Wrong field types are :class:`~touchline.errors.InputError` whose
   message names the field, with the batch index when there is one:
   ``batch[3].userId must be a string``.
 * Identity: every message needs ``userId`` or ``anonymousId`` (numbers are
@@ -57,6 +59,7 @@ from typing import Any
 
 from touchline.clock import utc
 from touchline.errors import InputError, PayloadTooLarge
+from touchline.nesting import check_depth
 
 EVENT_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 BATCH = "batch"
@@ -130,6 +133,7 @@ def decode_body(body: bytes, *, kind: str) -> dict[str, Any]:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError("the body is not valid UTF-8") from None
+    check_depth(text)
     try:
         payload = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:

@@ -9,6 +9,8 @@ _PART = re.compile(r"(\d+)\s*(w|d|h|m|s)")
 _WHOLE = re.compile(r"^\s*(?:\d+\s*[wdhms]\s*)+$")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
 _TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+#: Longest duration read: a wait of centuries is a typo, and would overflow when added to a date.
+MAX_DURATION = timedelta(days=100 * 365)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -18,10 +20,15 @@ def parse_duration(text: str) -> timedelta:
             f"{text!r} is not a duration; write a number and a unit, e.g. 30m, 1h, 7d, 2w or 1h30m"
         )
     total = timedelta()
-    for amount, unit in _PART.findall(text):
-        total += timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        for amount, unit in _PART.findall(text):
+            total += timedelta(**{_UNITS[unit]: int(amount)})
+    except OverflowError:
+        total = MAX_DURATION + MAX_DURATION  # past any date; refused just below
     if total <= timedelta():
         raise ValueError(f"{text!r} must be longer than zero")
+    if total > MAX_DURATION:
+        raise ValueError(f"{text!r} is longer than {MAX_DURATION.days // 365} years")
     return total
 
 

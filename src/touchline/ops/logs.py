@@ -18,7 +18,9 @@ which rewrites the message, string extras and the traceback text with
   secret, token, api key or write key (which covers ``?token=`` in
   delivery-report callback URLs);
 * the signed part of unsubscribe, preference and confirmation links
-  (``/u/``, ``/p/``, ``/c/``): each is a bearer credential for one customer;
+  (``/u/``, ``/p/``, ``/c/``) and of tracking links (``/t/o/``, ``/t/c/``),
+  and SMS short-link codes (``/s/``): each is a bearer credential for one
+  customer or message;
 * ``Secret(...)`` reprs, and the exact values of the secrets handed to
   :func:`configure_logging` (the SMTP password, the metrics token), wherever
   they appear.
@@ -67,7 +69,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\g<1>" + REDACTED),
     # Any tl?_ key, not just today's two prefixes: a future kind is covered too.
     (re.compile(r"\b(tl[a-z]?_)[A-Za-z0-9_-]{16,}"), r"\g<1>" + REDACTED),
-    (re.compile(r"(/[upc]/[A-Za-z0-9_-]{1,32}\.)[A-Za-z0-9_-]{8,}"), r"\g<1>" + REDACTED),
+    # Customer links (/u/, /p/, /c/) and tracking tokens (/t/o/, /t/c/): the workspace stays.
+    (
+        re.compile(r"(/(?:[upc]|t/[oc])/[A-Za-z0-9_-]{1,32}\.)[A-Za-z0-9_-]{8,}"),
+        r"\g<1>" + REDACTED,
+    ),
+    # SMS short links: the code alone records a click and reveals the destination.
+    (re.compile(r"(/s/)[A-Za-z0-9]{6,16}\b"), r"\g<1>" + REDACTED),
 )
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _RECORD_FIELDS = frozenset(

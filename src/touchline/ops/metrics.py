@@ -18,24 +18,40 @@ What is counted and where (docs/how-to/operate.md explains each series):
   (:class:`HttpMetricsMiddleware`), and requests refused by the rate limits;
 * queue depth — pending events, due timers, pending outbox — read from the
   store at scrape time by :class:`QueueCollector`, with indexed ``count``
-  queries whose answer is reused for :data:`QUEUE_CACHE_SECONDS`.
+  queries whose answer is reused for :data:`QUEUE_CACHE_SECONDS`;
+* the worker's items (events and timers, processed or failed) and the rounds
+  a worker or dispatcher lost to an unreachable store.
+
+A ``touchline worker`` process serves its own registry with
+:func:`serve_metrics` (``touchline worker --metrics-port N``): the same
+series, from a small threaded HTTP server beside the loops.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from fastapi import Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    make_wsgi_app,
+)
 from prometheus_client import generate_latest as _exposition
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from starlette.concurrency import run_in_threadpool
@@ -115,6 +131,20 @@ class Metrics:
             ["group"],
             registry=r,
         )
+        self.worker_items = Counter(
+            "touchline_worker_items",
+            "Events and timers a worker handled, by kind (event, timer) and result "
+            "(processed, failed).",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.store_outages = Counter(
+            "touchline_store_unavailable_rounds",
+            "Worker or dispatcher rounds lost to a store that refused or could not be "
+            "reached, by component (worker, dispatcher).",
+            ["component"],
+            registry=r,
+        )
 
     def count_events(self, endpoint: str, *, accepted: int, duplicates: int) -> None:
         """One ingest request's result."""
@@ -141,6 +171,17 @@ class Metrics:
             self.provider_errors.labels(channel, "transient", error.code).inc()
         elif isinstance(error, PermanentDeliveryError):
             self.provider_errors.labels(channel, "permanent", error.code).inc()
+
+    def count_items(self, kind: str, *, processed: int, failed: int) -> None:
+        """A worker's batch of events or timers (``kind``) and how it ended."""
+        if processed:
+            self.worker_items.labels(kind, "processed").inc(processed)
+        if failed:
+            self.worker_items.labels(kind, "failed").inc(failed)
+
+    def count_outage(self, component: str) -> None:
+        """A round of ``component`` (worker, dispatcher) lost to the store."""
+        self.store_outages.labels(component).inc()
 
     def count_limited(self, group: str) -> None:
         self.rate_limited.labels(group).inc()
@@ -353,3 +394,77 @@ def _template(routes: Iterable[object], scope: Scope) -> str | None:
         if isinstance(path, str) and matches is not None and matches(scope)[0] is not Match.NONE:
             return path
     return None
+
+
+# -- a worker's own endpoint --------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Scrapes every few seconds are not worth a log line each."""
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
+        return
+
+
+def metrics_wsgi_app(metrics: Metrics, *, token: Secret | None = None) -> Callable[..., Any]:
+    """A WSGI app serving ``metrics`` in the Prometheus text format at any path.
+
+    With ``token``, a scrape needs ``Authorization: Bearer <token>`` as the
+    API's ``/metrics`` does, else it answers ``401 {code, message}``.
+    """
+    exposition = make_wsgi_app(metrics.registry)
+    if token is None:
+        return exposition  # type: ignore[no-any-return]
+    expected = token.reveal().encode()
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        scheme, _, given = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected):
+            return exposition(environ, start_response)
+        body = json.dumps(
+            {
+                "code": "unauthorized",
+                "message": "metrics need Authorization: Bearer <TOUCHLINE_METRICS_TOKEN>",
+            }
+        ).encode()
+        start_response(
+            "401 Unauthorized",
+            [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return guarded
+
+
+@dataclass
+class MetricsServer:
+    """A running metrics endpoint; ``port`` is the one bound (useful when 0 was asked)."""
+
+    host: str
+    port: int
+    _server: ThreadingWSGIServer
+    _thread: threading.Thread
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def serve_metrics(
+    metrics: Metrics, *, host: str, port: int, token: Secret | None = None
+) -> MetricsServer:
+    """Serve ``metrics`` over HTTP from a daemon thread (a worker process has no web app).
+
+    Port 0 picks a free port; :attr:`MetricsServer.port` says which.
+    """
+    server = make_server(
+        host,
+        port,
+        metrics_wsgi_app(metrics, token=token),
+        server_class=ThreadingWSGIServer,
+        handler_class=_QuietHandler,
+    )
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return MetricsServer(host, int(server.server_port), server, thread)

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, literal_column
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 
-from touchline.errors import StoreError
+from touchline.errors import StoreBusy, StoreError, StoreFull
 
 T = TypeVar("T")
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -86,7 +86,31 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         with engine.connect().execution_options(**{WRITE: True}) as conn, conn.begin():
             yield conn
     except OperationalError as exc:
-        raise StoreError(f"the store refused the transaction: {exc.orig}") from exc
+        raise store_error(exc) from exc
+
+
+# SQLite result codes (``sqlite3.Error.sqlite_errorname``) and PostgreSQL SQLSTATEs that
+# say "wait and try again" (a lock held past the timeout) or "out of space".
+_BUSY = frozenset({"SQLITE_BUSY", "SQLITE_LOCKED", "55P03", "57014"})
+_FULL = frozenset({"SQLITE_FULL", "53100"})
+
+
+def store_error(exc: BaseException) -> StoreError:
+    """The :class:`StoreError` that says what a driver's error means to a caller.
+
+    A lock held past the busy timeout is :class:`StoreBusy` (try again shortly),
+    a full disk or a database at its size limit :class:`StoreFull`; anything
+    else, such as a lost connection, a plain :class:`StoreError`.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    name = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None) or ""
+    if name.startswith("SQLITE_"):  # extended codes (SQLITE_BUSY_SNAPSHOT) count as their base
+        name = "_".join(name.split("_")[:2])
+    if name in _BUSY:
+        return StoreBusy(f"the store is busy: another writer holds its lock ({orig})")
+    if name in _FULL:
+        return StoreFull(f"the store is full: {orig}")
+    return StoreError(f"the store refused the transaction: {orig}")
 
 
 # PostgreSQL's "deadlock detected" and "could not serialize": the transaction

@@ -36,6 +36,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
 
 from touchline.audience.observers import observe_event
 from touchline.store.db import transaction
@@ -127,6 +128,17 @@ def claim_timers(
     )
 
 
+def store_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection to the store is gone (a restart, a network cut).
+
+    Such a failure says nothing about the item being processed: it must end the
+    batch, not be recorded against the item as a poison one.
+    """
+    if isinstance(exc, PendingRollbackError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
 def process_events(
     engine: Engine,
     runtime: Runtime,
@@ -191,6 +203,8 @@ def process_events(
                 result.processed += 1
                 result.stats.add(stats)
             except Exception as exc:  # noqa: BLE001 - one poison event must not stop the batch
+                if store_lost(exc):
+                    raise  # not the event's fault: the batch ends, its leases run out, it is retried
                 savepoint.rollback()
                 log.warning("event %s failed: %s", row.id, exc, exc_info=True)
                 failures.append((row.id, f"{type(exc).__name__}: {exc}"))
@@ -253,6 +267,8 @@ def process_timers(
                 result.lateness.append((now - row.due_at).total_seconds())
                 result.stats.add(stats)
             except Exception as exc:  # noqa: BLE001 - one broken instance must not stop the batch
+                if store_lost(exc):
+                    raise  # not the timer's fault: the batch ends, its leases run out, it is retried
                 savepoint.rollback()
                 log.warning("timer %s failed: %s", row.id, exc, exc_info=True)
                 failures.append((row.id, f"{type(exc).__name__}: {exc}"))

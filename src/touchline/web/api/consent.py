@@ -38,6 +38,7 @@ from touchline.store.consent import (
 from touchline.store.db import transaction
 from touchline.store.ingest import get_profile
 from touchline.web.api.admin import Workspace
+from touchline.web.openapi import JSON_OR_CSV
 
 router = APIRouter(prefix="/admin/v1", tags=["consent"])
 
@@ -73,7 +74,7 @@ class SuppressionEntry(BaseModel):
     reason: str
 
 
-@router.get("/profiles/{ref:path}/consents", response_model=None)
+@router.get("/profiles/{ref:path}/consents", response_model=None, responses=JSON_OR_CSV)
 async def consents_of(
     request: Request,
     ref: str,

@@ -38,6 +38,7 @@ from touchline.errors import AuthError, InputError, PayloadTooLarge
 from touchline.ingest.segment import MAX_BATCH_BYTES, decode_body, parse_payload, write_key_of
 from touchline.store.ingest import IngestResult, ingest
 from touchline.store.workspaces import authenticate
+from touchline.web.openapi import segment_body
 
 router = APIRouter()
 
@@ -66,8 +67,20 @@ def _endpoint(kind: str):  # type: ignore[no-untyped-def]
 
 for _kind, _short in SHORT_FORMS.items():
     for _path in (f"/v1/{_kind}", f"/v1/{_short}"):
-        router.add_api_route(_path, _endpoint(_kind), methods=["POST"], name=f"{_kind}:{_path}")
-router.add_api_route("/v1/import", _endpoint("batch"), methods=["POST"], name="import")
+        router.add_api_route(
+            _path,
+            _endpoint(_kind),
+            methods=["POST"],
+            name=f"{_kind}:{_path}",
+            openapi_extra=segment_body(_kind),
+        )
+router.add_api_route(
+    "/v1/import",
+    _endpoint("batch"),
+    methods=["POST"],
+    name="import",
+    openapi_extra=segment_body("batch"),
+)
 
 
 async def receive_events(request: Request, *, kind: str) -> JSONResponse:

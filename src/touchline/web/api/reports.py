@@ -45,6 +45,7 @@ from touchline.measure.reports import (
     variant_report,
 )
 from touchline.web.api.admin import Workspace
+from touchline.web.openapi import JSON_OR_CSV
 
 router = APIRouter(prefix="/admin/v1/reports", tags=["reports"])
 
@@ -71,7 +72,7 @@ class FunnelRequest(BaseModel):
     split_by_segment: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
-@router.post("/funnel", response_model=None)
+@router.post("/funnel", response_model=None, responses=JSON_OR_CSV)
 async def funnel_report(
     request: Request,
     body: FunnelRequest,
@@ -135,7 +136,7 @@ async def _answer(
     return found.as_dict()
 
 
-@router.get("/messages", response_model=None)
+@router.get("/messages", response_model=None, responses=JSON_OR_CSV)
 async def messages_report(
     request: Request,
     workspace: Workspace,
@@ -155,7 +156,7 @@ async def messages_report(
     )
 
 
-@router.get("/journeys", response_model=None)
+@router.get("/journeys", response_model=None, responses=JSON_OR_CSV)
 async def journeys_report(
     request: Request,
     workspace: Workspace,
@@ -175,7 +176,7 @@ async def journeys_report(
     )
 
 
-@router.get("/journeys/{key}/variants", response_model=None)
+@router.get("/journeys/{key}/variants", response_model=None, responses=JSON_OR_CSV)
 async def variants_report(
     request: Request,
     workspace: Workspace,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +32,8 @@ from touchline.web.api.admin import Workspace
 router = APIRouter(prefix="/admin/v1/tasks", tags=["tasks"])
 
 Operator = Annotated[str, Field(min_length=1, max_length=MAX_OPERATOR_CHARS)]
+# A task id as a column holds it: a larger number is refused (400), not sent to the driver.
+TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 class ClaimRequest(BaseModel):
@@ -86,8 +88,8 @@ async def claim_next_task(
     return {"task": await run_in_threadpool(run)}
 
 
-@router.get("/{task_id}")
-async def task_detail(request: Request, task_id: int, workspace: Workspace) -> dict[str, Any]:
+@router.get("/{task_id:int}")
+async def task_detail(request: Request, task_id: TaskId, workspace: Workspace) -> dict[str, Any]:
     """One task with the customer's traits, recent events, journey and earlier tasks."""
 
     def run() -> dict[str, Any]:
@@ -97,9 +99,9 @@ async def task_detail(request: Request, task_id: int, workspace: Workspace) -> d
     return await run_in_threadpool(run)
 
 
-@router.post("/{task_id}/claim")
+@router.post("/{task_id:int}/claim")
 async def claim(
-    request: Request, task_id: int, body: ClaimRequest, workspace: Workspace
+    request: Request, task_id: TaskId, body: ClaimRequest, workspace: Workspace
 ) -> dict[str, Any]:
     """Take one task; ``409 task_taken`` while another operator holds it."""
     now = request.app.state.clock.now()
@@ -113,9 +115,9 @@ async def claim(
     return await run_in_threadpool(run)
 
 
-@router.post("/{task_id}/close")
+@router.post("/{task_id:int}/close")
 async def close(
-    request: Request, task_id: int, body: CloseRequest, workspace: Workspace
+    request: Request, task_id: TaskId, body: CloseRequest, workspace: Workspace
 ) -> dict[str, Any]:
     """Record the outcome; the customer gets a ``Call Completed`` event journeys can react to."""
     now = request.app.state.clock.now()
