@@ -116,11 +116,14 @@ class Shop:
         self.ws = create_workspace(engine, "shop", now=T0).id
         with transaction(engine) as conn:
             apply_journeys(
-                conn, self.ws, [
+                conn,
+                self.ws,
+                [
                     journey(NEWS, "news.yaml"),
                     journey(FLASH, "flash.yaml"),
                     journey(RECEIPT, "receipt.yaml"),
-                ], now=T0
+                ],
+                now=T0,
             )
         self.worker = Worker(engine, clock=clock, owner="w1")
         self.trigger(identify("anna", email="anna@example.com", phone="+79161234567"))

@@ -203,7 +203,10 @@ def test_unknown_field_without_close_match_lists_the_allowed_ones() -> None:
 
     assert problem.field == "trigger.colour"
     assert problem.line == 3
-    assert problem.message == "unknown field 'colour'; allowed here: event, where"
+    assert (
+        problem.message
+        == "unknown field 'colour'; allowed here: event, date, schedule, segment, on, where"
+    )
 
 
 def test_bad_duration_is_reported_on_its_line() -> None:
@@ -370,7 +373,7 @@ def test_several_problems_are_reported_at_once_sorted_by_line() -> None:
 
     assert [(p.line, p.field) for p in found] == [
         (1, "journey"),
-        (2, "trigger.event"),
+        (2, "trigger"),
         (5, "steps[0].wiat"),
         (7, "steps[1].wait"),
         (9, "steps[2].send"),

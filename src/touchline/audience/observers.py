@@ -19,7 +19,11 @@ Observer = Callable[..., None]
 
 def _observers() -> tuple[Observer, ...]:
     # Imported here so that each audience module can import the store freely.
-    return ()
+    from touchline.audience.date_timers import observe_identify
+    from touchline.audience.interest import observe_catalog
+    from touchline.audience.segments import observe as observe_segments
+
+    return (observe_catalog, observe_identify, observe_segments)
 
 
 def observe_event(conn: Connection, row: Any, *, now: datetime) -> None:

@@ -64,6 +64,8 @@ class ProfileView:
     user_id: str | None = None
     timezone: str | None = None
     traits: dict[str, Any] = field(default_factory=dict)
+    #: Keys of the segments the customer is in: ``"vip" in profile.segments``.
+    segments: frozenset[str] = frozenset()
 
     @property
     def key(self) -> str:
@@ -76,6 +78,7 @@ class ProfileView:
         scope["user_id"] = self.user_id
         scope["timezone"] = self.timezone
         scope["traits"] = self.traits
+        scope["segments"] = sorted(self.segments)
         return scope
 
 
@@ -178,6 +181,16 @@ class Convert:
 
 
 @dataclass(frozen=True)
+class Unsubscribe:
+    """Withdraw the customer's marketing consent for ``channel`` (or its ``topic``)."""
+
+    step_id: str
+    channel: str
+    reason: str
+    topic: str | None = None
+
+
+@dataclass(frozen=True)
 class End:
     """The instance is over: drop timers and listeners (a goal listener stays if open)."""
 
@@ -187,7 +200,16 @@ class End:
 
 
 Command = (
-    Send | ScheduleTimer | Listen | ClearWait | StopListening | SetTraits | Log | Convert | End
+    Send
+    | ScheduleTimer
+    | Listen
+    | ClearWait
+    | StopListening
+    | SetTraits
+    | Log
+    | Convert
+    | Unsubscribe
+    | End
 )
 
 
@@ -226,8 +248,16 @@ def decide_entry(
     key = entry_key(spec, event)
     if spec.status != "active":
         return EntryDecision(False, "journey paused", key)
-    if event.name != spec.trigger.event:
+    if event.name != spec.trigger.event_name:
         return EntryDecision(False, "not the trigger event", key)
+    if (
+        spec.trigger.kind in ("date", "schedule")
+        and event.properties.get("journey") != spec.journey
+    ):
+        # Date and schedule events name the journey they were stored for.
+        return EntryDecision(False, "stored for another journey", key)
+    if spec.trigger.kind == "segment" and event.properties.get("segment") != spec.trigger.segment:
+        return EntryDecision(False, "another segment", key)
     if spec.trigger.where:
         scope = _scope(profile=profile, event=event, trigger=event.scope(), context={}, now=now)
         if not compile_condition(spec.trigger.where).test(scope):
@@ -514,6 +544,17 @@ class _Run:
                 continue
             if kind == "update_profile":
                 self._update_profile(target)
+                target = spec.next_after(target)
+                continue
+            if kind == "unsubscribe":
+                # List hygiene, not a message: it applies to the holdout too.
+                withdraw = step.unsubscribe
+                assert withdraw is not None
+                what = (
+                    f"{withdraw.channel}/{withdraw.topic}" if withdraw.topic else withdraw.channel
+                )
+                self.emit(Unsubscribe(target, withdraw.channel, withdraw.reason, withdraw.topic))
+                self.emit(Log(target, "unsubscribed", f"{what}: {withdraw.reason}"))
                 target = spec.next_after(target)
                 continue
             # kind == "exit"

@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from touchline.journeys.durations import format_duration
-from touchline.journeys.spec import KEY_RE, STEP_KINDS, JourneySpec
+from touchline.journeys.spec import KEY_RE, STEP_KINDS, TRIGGER_KINDS, JourneySpec
 
 __all__ = ["SCHEMA_ID", "SCHEMA_PATH", "journey_json_schema", "schema_text"]
 
@@ -67,7 +67,8 @@ _DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("", "category"): "transactional (service messages), engaging (relationship) or "
     "selling (promotion); decides caps and consent.",
     ("", "status"): "active, or paused: a paused journey admits nobody new.",
-    ("", "trigger"): "The event that puts a customer into the journey.",
+    ("", "trigger"): "What puts a customer into the journey: an event, a date of their "
+    "profile, or a schedule.",
     ("", "entry"): "Whether a customer may enter again; default: not within 1d.",
     ("", "exit_on"): "Events that take the customer out of the journey at once.",
     ("", "goal"): "The conversion this journey is measured by.",
@@ -163,6 +164,7 @@ def journey_json_schema() -> dict[str, Any]:
     step["properties"]["id"]["not"] = {"const": "exit"}
     step["oneOf"] = [{"required": [kind]} for kind in STEP_KINDS]
     step["defaultSnippets"] = _STEP_SNIPPETS
+    defs["Trigger"]["oneOf"] = [{"required": [kind]} for kind in TRIGGER_KINDS]
     defs["Duration"] = _DURATION
     defs["TimeOfDay"] = _TIME_OF_DAY
     return {

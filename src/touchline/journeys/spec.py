@@ -61,9 +61,174 @@ class Reentry(StrEnum):
     once_per_key = "once_per_key"  # once per distinct entry key (e.g. cart_id)
 
 
+DATE_EVENT = "Date Reached"
+"""The event a date trigger stores for a customer whose date is due (see audience.dates)."""
+SCHEDULE_EVENT = "Schedule Reached"
+"""The event a schedule stores for each member of its audience (see audience.schedules)."""
+TRAIT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_OFFSET_RE = re.compile(r"^([+-]?)(\d{1,3})([dw])$")
+MAX_OFFSET_DAYS = 366
+"""Furthest a date trigger may fire from its date: a year, so each occurrence is one year's."""
+MAX_GRACE = timedelta(days=30)
+"""Longest a date trigger may still fire late; shorter than a year so occurrences never blur."""
+
+
+class DateTrigger(_Model):
+    """A date the customer's profile holds, at a local time, optionally days before or after."""
+
+    trait: str = Field(
+        description="the date: birthday or created_at (profile columns), or a custom trait "
+        "holding an ISO date or date-time, e.g. createdAt",
+        json_schema_extra={"pattern": TRAIT_RE.pattern},
+    )
+    at: TimeOfDay = Field(description="local time of day in the customer's zone, e.g. 10:00")
+    offset: str = Field(
+        default="0d",
+        description="days from the date: -3d is three days before, 7d a week after, "
+        "also in weeks (2w); default the day itself",
+        json_schema_extra={"pattern": _OFFSET_RE.pattern},
+    )
+    repeat: Literal["yearly", "once"] = Field(
+        default="yearly",
+        description="yearly: every anniversary (birthdays); once: the date itself "
+        "(a week after sign-up)",
+    )
+    grace: Duration = Field(
+        default=timedelta(days=1),
+        description="how late an occurrence may still fire (a worker was down); older ones "
+        "are skipped and recorded. Default 1d, at most 30d",
+    )
+
+    @field_validator("trait")
+    @classmethod
+    def _trait(cls, value: str) -> str:
+        if not TRAIT_RE.match(value):
+            raise ValueError(
+                "trait must be a profile column (birthday, created_at) or a custom trait "
+                "name: letters, digits and '_', at most 64"
+            )
+        return value
+
+    @field_validator("offset", mode="before")
+    @classmethod
+    def _offset(cls, value: Any) -> Any:
+        match = _OFFSET_RE.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a day offset; write days or weeks with an optional sign, "
+                "e.g. -3d, 7d or 2w"
+            )
+        days = int(match.group(2)) * (7 if match.group(3) == "w" else 1)
+        if days > MAX_OFFSET_DAYS:
+            raise ValueError(f"offset {value!r} is more than {MAX_OFFSET_DAYS} days")
+        return value
+
+    @field_validator("grace")
+    @classmethod
+    def _grace(cls, value: timedelta) -> timedelta:
+        if value > MAX_GRACE:
+            raise ValueError(f"grace is at most {format_duration(MAX_GRACE)}")
+        return value
+
+    @property
+    def offset_days(self) -> int:
+        """The offset as signed days: -3 for -3d."""
+        match = _OFFSET_RE.match(self.offset)
+        assert match is not None
+        days = int(match.group(2)) * (7 if match.group(3) == "w" else 1)
+        return -days if match.group(1) == "-" else days
+
+
+class ScheduleTrigger(_Model):
+    """A cron schedule on the workspace's clock that enters an audience at each run."""
+
+    cron: str = Field(
+        description="five cron fields in the workspace's time zone, e.g. '0 10 * * MON' "
+        "(Mondays at 10:00)",
+    )
+    audience: str = Field(
+        description="who enters at each run: a segment key, or all for every customer",
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from touchline.audience.schedules import check_cron
+
+        return check_cron(value)
+
+    @field_validator("audience")
+    @classmethod
+    def _audience(cls, value: str) -> str:
+        if not KEY_RE.match(value):
+            raise ValueError("audience must be a segment key or all")
+        return value
+
+
+TRIGGER_KINDS = ("event", "date", "schedule", "segment")
+SEGMENT_ENTERED = "Segment Entered"
+"""The event stored when a customer enters a segment (see audience.segments)."""
+SEGMENT_EXITED = "Segment Exited"
+"""The event stored when a customer leaves a segment."""
+
+
 class Trigger(_Model):
-    event: str = Field(min_length=1, max_length=200)
+    event: str | None = Field(default=None, min_length=1, max_length=200)
+    date: DateTrigger | None = Field(
+        default=None,
+        description="fire on a date of the customer's profile (a birthday, a sign-up date) "
+        "at a local time",
+    )
+    schedule: ScheduleTrigger | None = Field(
+        default=None, description="enter an audience on a cron schedule in the workspace's zone"
+    )
+    segment: str | None = Field(
+        default=None,
+        description="enter when the customer enters this segment (its key), or leaves it "
+        "with on: exit",
+        json_schema_extra={"pattern": KEY_RE.pattern},
+    )
+    on: Literal["enter", "exit"] | None = Field(
+        default=None, description="with segment: enter (the default) or exit"
+    )
     where: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Trigger:
+        kinds = [k for k in TRIGGER_KINDS if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            found = ", ".join(kinds) or "none"
+            raise ValueError(
+                f"a trigger needs exactly one of event, date, schedule or segment (found: {found})"
+            )
+        if self.on is not None and self.segment is None:
+            raise ValueError("on: (enter or exit) goes with segment:")
+        if self.segment is not None and not KEY_RE.match(self.segment):
+            raise ValueError("segment must be a segment key: lowercase letters, digits, '-', '_'")
+        return self
+
+    @property
+    def kind(self) -> Literal["event", "date", "schedule", "segment"]:
+        if self.date is not None:
+            return "date"
+        if self.schedule is not None:
+            return "schedule"
+        if self.segment is not None:
+            return "segment"
+        return "event"
+
+    @property
+    def event_name(self) -> str:
+        """The event that enters the journey: the trigger's own, or the one a date or
+        schedule stores (stored on the journey row, so an index finds the journey)."""
+        if self.date is not None:
+            return DATE_EVENT
+        if self.schedule is not None:
+            return SCHEDULE_EVENT
+        if self.segment is not None:
+            return SEGMENT_EXITED if self.on == "exit" else SEGMENT_ENTERED
+        assert self.event is not None
+        return self.event
 
 
 class Entry(_Model):
@@ -182,7 +347,36 @@ class UpdateProfile(_Model):
     unset: list[str] = Field(default_factory=list)
 
 
-STEP_KINDS = ("wait", "wait_until", "wait_for", "branch", "split", "send", "update_profile", "exit")
+class Unsubscribe(_Model):
+    """Withdraw the customer's marketing consent for a channel (or one topic of it)."""
+
+    channel: Literal["email", "sms", "telegram", "push", "whatsapp", "viber", "call"] = Field(
+        description="the channel to unsubscribe the customer from, e.g. email"
+    )
+    reason: str = Field(
+        default="journey",
+        min_length=1,
+        max_length=100,
+        description="why, kept in the consent ledger, e.g. inactive",
+    )
+    topic: Literal["engaging", "selling"] | None = Field(
+        default=None,
+        description="only this topic of the channel; left out, the whole channel "
+        "(which also suppresses the address)",
+    )
+
+
+STEP_KINDS = (
+    "wait",
+    "wait_until",
+    "wait_for",
+    "branch",
+    "split",
+    "send",
+    "update_profile",
+    "unsubscribe",
+    "exit",
+)
 
 
 class Step(_Model):
@@ -197,6 +391,11 @@ class Step(_Model):
     split: list[Variant] | None = None
     send: Send | None = None
     update_profile: UpdateProfile | None = None
+    unsubscribe: Unsubscribe | None = Field(
+        default=None,
+        description="Record a consent withdrawal in the ledger (list hygiene, e.g. after a "
+        "reactivation series went unanswered).",
+    )
     exit: Literal[True] | str | None = None
     winner: Winner | None = Field(
         default=None,

@@ -41,9 +41,16 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, or_, select, update
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
 
+from touchline.audience.recommendations import Recommender
 from touchline.clock import Clock
-from touchline.errors import PermanentDeliveryError, TouchlineError, TransientDeliveryError
+from touchline.errors import (
+    PermanentDeliveryError,
+    StoreError,
+    TouchlineError,
+    TransientDeliveryError,
+)
 from touchline.measure.engagement import record_message_event
 from touchline.measure.rollups import bump, bump_message
 from touchline.measure.tracking import track_rendered
@@ -74,6 +81,8 @@ if TYPE_CHECKING:
     from touchline.ops.metrics import Metrics
 
 log = logging.getLogger("touchline.dispatcher")
+# Longest pause between rounds while the store is unreachable.
+MAX_RECONNECT_DELAY = 10.0
 
 # A message that failed transiently this many times is failed for good.
 MAX_SEND_ATTEMPTS = 8
@@ -309,6 +318,9 @@ class Dispatcher:
                         instance_id=row.instance_id,
                         now=now,
                     ),
+                    recommend=Recommender(
+                        self.engine, workspace_id=row.workspace_id, profile_id=row.profile_id
+                    ),
                 )
             )
             html, text = rendered.html, rendered.text
@@ -457,7 +469,7 @@ class Dispatcher:
             at=now,
             detail=None if status == "sent" else str(detail),
         )
-        counters: dict[str, int] = {status: 1}
+        counters: dict[str, int | Decimal] = {status: 1}
         if status == "sent" and item.channel == "sms" and item.message is not None:
             parts = sms.analyse(item.message.text).parts
             counters["sms_parts"] = parts
@@ -531,16 +543,24 @@ class Dispatcher:
         return applied
 
     async def _loop(self, stop: threading.Event, poll: float) -> None:
+        delay = poll
         try:
             while not stop.is_set():
                 try:
                     done = await self.run_once()
                     await self.collect_receipts()
-                except TouchlineError as exc:
-                    log.warning("dispatcher round failed: %s", exc.message)
+                    delay = poll
+                except (TouchlineError, DBAPIError, PendingRollbackError) as exc:
+                    # A lost store connection is waited out with growing pauses, never fatal:
+                    # the thread dying would leave a live worker that sends nothing.
+                    delay = min(max(delay * 2, 0.5), MAX_RECONNECT_DELAY)
+                    log.warning("dispatcher round failed, retrying in %.1fs: %s", delay, exc)
+                    lost = isinstance(exc, StoreError) or not isinstance(exc, TouchlineError)
+                    if self.metrics is not None and lost:
+                        self.metrics.count_outage("dispatcher")
                     done = 0
                 if not done:
-                    await asyncio.to_thread(stop.wait, poll)
+                    await asyncio.to_thread(stop.wait, delay)
         finally:
             if self.registry is not None:
                 await self.registry.aclose()

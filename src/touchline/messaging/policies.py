@@ -38,7 +38,7 @@ from touchline.journeys.localtime import local_to_utc, zone
 from touchline.journeys.spec import Category
 
 Outcome = Literal["send", "skip", "defer"]
-SuppressionReason = Literal["hard_bounce", "complaint", "unsubscribe", "stop_reply"]
+SuppressionReason = Literal["hard_bounce", "complaint", "unsubscribe", "stop_reply", "erased"]
 
 MARKETING = "marketing"
 TRANSACTIONAL = "transactional"

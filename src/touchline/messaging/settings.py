@@ -94,6 +94,7 @@ TOP_LEVEL_KEYS = (
     "channels",
     "control_group",
     "attribution",
+    "catalog",
 )
 SENDER_KEYS = ("email_from", "reply_to", "sms_sender", "unsubscribe_mailto")
 CHANNEL_NAMES = ("email", "sms", "telegram", "webhook")
@@ -180,6 +181,9 @@ class WorkspaceSettings:
         from touchline.measure.attribution import AttributionRules  # measure builds on messaging
 
         AttributionRules.from_settings(document)
+        from touchline.audience.catalog import CatalogRules  # the audience builds on messaging
+
+        CatalogRules.from_settings(document)
         sender = parse_sender(document.get("sender"))
         return cls(
             policy=policy,

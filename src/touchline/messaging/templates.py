@@ -31,6 +31,15 @@ inlined into ``style=`` attributes for email clients (``css_inline``).
 through :attr:`RenderContext.promo`; without one (previews, checks) it prints
 :data:`PROMO_SAMPLE`. A pool that is unknown, empty or expired fails the
 message with that reason.
+
+``recommend`` lists products for the customer, through
+:attr:`RenderContext.recommend` (see :mod:`touchline.audience.recommendations`):
+``recommend.similar(product_id, 4)``, ``recommend.bought_together(ids, 4)``
+(one id or a list), ``recommend.viewed_not_bought(4)``,
+``recommend.popular(4, category=None)`` and ``recommend.for_customer(4)``,
+at most :data:`MAX_RECOMMENDATIONS` each. Without a recommender (checks,
+renders without a store) every call gives an empty list, as a new shop
+would: templates show their fallback.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from functools import lru_cache, wraps
 from html import escape as html_escape
 from html import unescape as html_unescape
 from html.parser import HTMLParser
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
@@ -68,6 +77,7 @@ __all__ = [
     "DEFAULT_LOCALE",
     "MAX_OUTPUT_CHARS",
     "MAX_RANGE_ITEMS",
+    "MAX_RECOMMENDATIONS",
     "MAX_RENDER_SECONDS",
     "PARTS",
     "PROMO_SAMPLE",
@@ -75,6 +85,7 @@ __all__ = [
     "RenderContext",
     "RenderError",
     "RenderedMessage",
+    "Recommendations",
     "Template",
     "TemplateError",
     "add_utm",
@@ -100,6 +111,9 @@ MAX_RENDER_SECONDS = 2.0
 
 PROMO_SAMPLE = "PROMO-SAMPLE"
 """What ``promo_code(...)`` prints when no code is issued (previews): plainly not a real code."""
+
+MAX_RECOMMENDATIONS = 12
+"""Most products one ``recommend.*`` call lists: an email shows four to eight."""
 
 Part = Literal["subject", "html", "text"]
 PARTS: tuple[Part, ...] = ("subject", "html", "text")
@@ -168,6 +182,18 @@ class _PromoUnavailable(Exception):
 # -------------------------------------------------------------------- model
 
 
+class Recommendations(Protocol):
+    """What ``recommend.*`` asks; each answer is a list of product mappings."""
+
+    def similar(self, product_id: str, limit: int) -> Sequence[Mapping[str, Any]]: ...
+    def bought_together(
+        self, product_ids: Sequence[str], limit: int
+    ) -> Sequence[Mapping[str, Any]]: ...
+    def viewed_not_bought(self, limit: int) -> Sequence[Mapping[str, Any]]: ...
+    def popular(self, limit: int, category: str | None = None) -> Sequence[Mapping[str, Any]]: ...
+    def for_customer(self, limit: int) -> Sequence[Mapping[str, Any]]: ...
+
+
 @dataclass(frozen=True)
 class Template:
     """A message template as written: Jinja2 source per part, fallbacks and UTM settings.
@@ -205,6 +231,8 @@ class RenderContext:
     timezone: str | None = None
     journey: str | None = None
     promo: Callable[[str], str] | None = None
+    #: Answers ``recommend.*`` (see :class:`touchline.audience.recommendations.Recommender`).
+    recommend: Recommendations | None = None
     #: The customer's own links: ``unsubscribe_url`` and ``preferences_url`` (marketing).
     links: Mapping[str, str] = field(default_factory=dict)
 
@@ -229,6 +257,7 @@ class _State:
     deadline: float
     range_left: int = MAX_RANGE_ITEMS
     promo: Callable[[str], str] | None = None
+    recommend: Recommendations | None = None
 
 
 _STATE: ContextVar[_State | None] = ContextVar("touchline_render_state", default=None)
@@ -424,6 +453,53 @@ def _promo_code(pool: Any) -> str:
         raise _PromoUnavailable(f"promo_code({pool!r}): {exc.message} ({exc.code})") from None
 
 
+class _Recommend:
+    """The ``recommend`` global: asks the render's recommender, or answers an empty list."""
+
+    def similar(self, product_id: Any, limit: Any = 4) -> Any:
+        return self._ask("similar", lambda r, n: r.similar(_product_id(product_id), n), limit)
+
+    def bought_together(self, product_ids: Any, limit: Any = 4) -> Any:
+        _require(product_ids)
+        if isinstance(product_ids, list | tuple):
+            ids = [_product_id(p) for p in product_ids]
+        else:
+            ids = [_product_id(product_ids)]
+        return self._ask("bought_together", lambda r, n: r.bought_together(ids, n), limit)
+
+    def viewed_not_bought(self, limit: Any = 4) -> Any:
+        return self._ask("viewed_not_bought", lambda r, n: r.viewed_not_bought(n), limit)
+
+    def popular(self, limit: Any = 4, category: Any = None) -> Any:
+        kind = None if category is None else str(_require(category))
+        return self._ask("popular", lambda r, n: r.popular(n, kind), limit)
+
+    def for_customer(self, limit: Any = 4) -> Any:
+        return self._ask("for_customer", lambda r, n: r.for_customer(n), limit)
+
+    def _ask(
+        self,
+        name: str,
+        call: Callable[[Recommendations, int], Sequence[Mapping[str, Any]]],
+        limit: Any,
+    ) -> Any:
+        _require(limit)
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise ValueError(f"recommend.{name}: the count must be a whole number")
+        if not 1 <= limit <= MAX_RECOMMENDATIONS:
+            raise ValueError(f"recommend.{name}: the count must be 1 to {MAX_RECOMMENDATIONS}")
+        provider = _state().recommend
+        items = [] if provider is None else list(call(provider, limit))[:limit]
+        return _data(items, f"recommend.{name}")
+
+
+def _product_id(value: Any) -> str:
+    _require(value)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"recommend: {value!r} is not a product id")
+    return str(value)
+
+
 def _finalize(value: Any) -> Any:
     _tick()
     return _check_size(value)
@@ -539,6 +615,7 @@ def _environment(*, autoescape: bool) -> _Sandbox:
     env.globals.pop("lipsum", None)  # generates text; nothing a message needs
     env.globals["range"] = _guarded_range
     env.globals["promo_code"] = _promo_code
+    env.globals["recommend"] = _Recommend()
     filters: dict[str, Callable[..., Any]] = dict(env.filters)
     filters.update({"money": _money, "date": _date, "datetime": _datetime, "plural": _plural})
     env.filters = {name: _guard_filter(name, f) for name, f in filters.items()}
@@ -570,6 +647,7 @@ class CompiledTemplate:
             tz=tz,
             deadline=time.monotonic() + MAX_RENDER_SECONDS,
             promo=context.promo,
+            recommend=context.recommend,
         )
         token = _STATE.set(state)
         try:

@@ -12,6 +12,7 @@ hard or complained stays blocked whichever profile it turns up on.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,7 +25,10 @@ from touchline.messaging.policies import MARKETING, ConsentRecord, Suppression, 
 from touchline.store.db import insert_ignore
 from touchline.store.tables import consents, suppressions
 
-SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "stop_reply")
+# "erased": the address of a customer erased on request, kept only as its pseudonym.
+SUPPRESSION_REASONS = ("hard_bounce", "complaint", "unsubscribe", "stop_reply", "erased")
+#: How a pseudonymised address starts (see :func:`pseudonym`).
+PSEUDONYM_PREFIX = "sha256:"
 #: Channels a customer can subscribe to; a grant for any other name is refused.
 CONSENT_CHANNELS = frozenset({"email", "sms", "telegram", "push", "whatsapp", "viber", "call"})
 #: Topics a customer may opt out of while keeping a channel: the non-transactional categories.
@@ -190,6 +194,20 @@ def normal_address(address: str) -> str:
     return address.strip().casefold()
 
 
+def pseudonym(workspace_id: str, value: str) -> str:
+    """What erasure keeps of an address or id: a SHA-256 salted with the workspace.
+
+    It cannot be read back, yet the same address always gives the same
+    pseudonym, so a suppression or an import can still recognise it. Values
+    already pseudonymised are returned as they are.
+    """
+    normal = normal_address(value)
+    if normal.startswith(PSEUDONYM_PREFIX):
+        return normal
+    digest = hashlib.sha256(f"{workspace_id}\n{normal}".encode()).hexdigest()
+    return PSEUDONYM_PREFIX + digest
+
+
 def suppress(
     conn: Connection,
     *,
@@ -230,16 +248,25 @@ def load_suppressions(
     """Suppressions matching any of the (channel, address) pairs."""
     if not pairs:
         return []
+    # An erased customer's address is stored as its pseudonym; it still blocks the address.
+    asked: dict[tuple[str, str], str] = {}
+    for channel, a in pairs:
+        plain = normal_address(a)
+        asked[(channel, plain)] = plain
+        asked[(channel, pseudonym(workspace_id, plain))] = plain
     match = or_(
         *(
-            and_(suppressions.c.channel == channel, suppressions.c.address == normal_address(a))
-            for channel, a in pairs
+            and_(suppressions.c.channel == channel, suppressions.c.address == a)
+            for channel, a in asked
         )
     )
     rows = conn.execute(
         select(suppressions).where(suppressions.c.workspace_id == workspace_id, match)
     ).all()
-    return [Suppression(r.channel, r.address, r.reason, r.at) for r in rows]
+    return [
+        Suppression(r.channel, asked.get((r.channel, r.address), r.address), r.reason, r.at)
+        for r in rows
+    ]
 
 
 def list_suppressions(
@@ -475,7 +502,7 @@ def remove_suppression(
         delete(suppressions).where(
             suppressions.c.workspace_id == workspace_id,
             suppressions.c.channel == channel,
-            suppressions.c.address == normal_address(address),
+            suppressions.c.address.in_([normal_address(address), pseudonym(workspace_id, address)]),
             suppressions.c.reason == reason,
         )
     )
@@ -498,6 +525,7 @@ __all__ = [
     "load_consents",
     "load_suppressions",
     "normal_address",
+    "pseudonym",
     "record_consent",
     "suppress",
     "unsubscribe",

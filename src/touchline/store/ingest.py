@@ -525,6 +525,11 @@ class _Batch:
                     .values(profile_id=bindparam("b_into")),
                     rows,
                 )
+            # Merged-away profiles are in no segment; the survivor is re-evaluated
+            # when the worker processes this batch's events.
+            from touchline.audience.segments import forget_profiles
+
+            forget_profiles(self.conn, self.ws, [r["b_id"] for r in rows], now=self.now)
 
     def _touch(self, ids: set[int]) -> None:
         for chunk in _chunks(sorted(ids)):
@@ -627,6 +632,9 @@ def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterator[Sequence[Any
 
 # -- reads for the admin API ------------------------------------------------
 
+# The largest id a BIGINT (and SQLite's INTEGER) column can hold.
+MAX_ROW_ID = 2**63 - 1
+
 
 def get_profile(conn: Connection, workspace_id: str, ref: str) -> dict[str, Any]:
     """One profile of the workspace as JSON-ready data, with its identities.
@@ -638,9 +646,11 @@ def get_profile(conn: Connection, workspace_id: str, ref: str) -> dict[str, Any]
     """
     if ref.startswith("#"):
         try:
-            pid: int | None = int(ref[1:])
+            number = int(ref[1:])
         except ValueError:
             raise InputError(f"profile reference {ref!r} is not '#' and a number") from None
+        # Out of a BIGINT's range no row has it, and the drivers would refuse the number.
+        pid: int | None = number if 0 < number <= MAX_ROW_ID else None
     else:
         pid = conn.execute(
             select(identities.c.profile_id).where(

@@ -35,8 +35,17 @@ class AppliedJourney:
 def apply_journeys(
     conn: Connection, workspace_id: str, loaded: Sequence[LoadedJourney], *, now: datetime
 ) -> list[AppliedJourney]:
-    """Store each journey; a changed one gets a new current version."""
-    return [_apply_one(conn, workspace_id, item, now=now) for item in loaded]
+    """Store each journey; a changed one gets a new current version.
+
+    A date or schedule trigger also gets its worker state (audience.time_triggers)
+    in the same transaction: a backfill of every customer's date, or the next run.
+    """
+    from touchline.audience.time_triggers import sync_time_trigger  # it imports the store
+
+    applied = [_apply_one(conn, workspace_id, item, now=now) for item in loaded]
+    for item, done in zip(loaded, applied, strict=True):
+        sync_time_trigger(conn, workspace_id, done.journey_id, item.spec, now=now)
+    return applied
 
 
 def _apply_one(
@@ -53,7 +62,7 @@ def _apply_one(
         "name": spec.name or spec.journey,
         "status": spec.status,
         "category": spec.category.value,
-        "trigger_event": spec.trigger.event,
+        "trigger_event": spec.trigger.event_name,
         "updated_at": now,
     }
     if row is None:

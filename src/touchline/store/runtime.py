@@ -22,7 +22,12 @@ from touchline.measure.rollups import bump, conversion_counters
 from touchline.measure.winners import WinnerCache
 from touchline.messaging.policies import in_control_group
 from touchline.messaging.rules import PolicyCache
-from touchline.store.consent import consent_from_identify, request_confirmation
+from touchline.store.consent import (
+    Provenance,
+    consent_from_identify,
+    request_confirmation,
+    unsubscribe,
+)
 from touchline.store.db import insert_ignore
 from touchline.store.journeys import SpecCache
 from touchline.store.tables import (
@@ -51,6 +56,13 @@ def profile_traits(row: Any) -> dict[str, Any]:
     return traits
 
 
+def _segment_keys(conn: Connection, workspace_id: str, profile_id: int) -> frozenset[str]:
+    """The customer's current segments, for ``"vip" in profile.segments`` in conditions."""
+    from touchline.audience.segments import segment_keys_for  # audience imports the store
+
+    return frozenset(segment_keys_for(conn, workspace_id, profile_id))
+
+
 @dataclass
 class RunStats:
     """What one batch of work did; summed by the worker for logs and metrics."""
@@ -61,6 +73,7 @@ class RunStats:
     exited: int = 0
     completed: int = 0
     conversions: int = 0
+    unsubscribed: int = 0
     skipped_entries: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: RunStats) -> None:
@@ -70,6 +83,7 @@ class RunStats:
         self.exited += other.exited
         self.completed += other.completed
         self.conversions += other.conversions
+        self.unsubscribed += other.unsubscribed
         for k, v in other.skipped_entries.items():
             self.skipped_entries[k] = self.skipped_entries.get(k, 0) + v
 
@@ -119,7 +133,11 @@ class Runtime:
         locking = lock and conn.dialect.name == "postgresql"
         row = conn.execute(_PROFILE_FOR_UPDATE if locking else _PROFILE, {"pid": profile_id}).one()
         return eng.ProfileView(
-            id=row.id, user_id=row.user_id, timezone=row.timezone, traits=profile_traits(row)
+            id=row.id,
+            user_id=row.user_id,
+            timezone=row.timezone,
+            traits=profile_traits(row),
+            segments=_segment_keys(conn, row.workspace_id, row.id),
         )
 
     def load_instance(
@@ -155,6 +173,11 @@ class Runtime:
         profile = self.load_profile(conn, event_row.profile_id, lock=True)
         if event_row.type == "identify" and "consent" in (event_row.traits or {}):
             self._record_consent(conn, event_row, profile, now=now)
+            # Segments reading consent saw this event before the ledger changed.
+            from touchline.audience.segments import refresh_consent_segments
+
+            refresh_consent_segments(conn, workspace_id, profile.id, now=now)
+            profile.segments = _segment_keys(conn, workspace_id, profile.id)
         event = eng.EventView(
             name=event_row.name,
             properties=event_row.properties or {},
@@ -459,6 +482,8 @@ class Runtime:
                 )
             elif isinstance(cmd, eng.SetTraits):
                 self._set_traits(conn, profile, cmd, now=now)
+            elif isinstance(cmd, eng.Unsubscribe):
+                stats.unsubscribed += self._unsubscribe(conn, spec, ws, profile, cmd, now=now)
             elif isinstance(cmd, eng.Log):
                 # The split step's row: who got which variant (the holdout, who get no
                 # messages, would only dilute the variants' rates).
@@ -541,6 +566,40 @@ class Runtime:
                 else inst_row.ended_at,
                 exit_reason=inst.exit_reason,
                 goal_reached_at=inst.goal_reached_at,
+            )
+        )
+
+    def _unsubscribe(
+        self,
+        conn: Connection,
+        spec: JourneySpec,
+        workspace_id: str,
+        profile: eng.ProfileView,
+        cmd: eng.Unsubscribe,
+        *,
+        now: datetime,
+    ) -> int:
+        """A journey's ``unsubscribe`` step: a withdrawal in the consent ledger, once.
+
+        Like the unsubscribe page, a channel-wide withdrawal also suppresses the
+        customer's address on that channel; the ledger row names the journey,
+        step and reason as its source.
+        """
+        address = {"email": profile.traits.get("email"), "sms": profile.traits.get("phone")}.get(
+            cmd.channel
+        )
+        return int(
+            unsubscribe(
+                conn,
+                workspace_id=workspace_id,
+                profile_id=profile.id,
+                channel=cmd.channel,
+                address=address if isinstance(address, str) and address else None,
+                at=now,
+                provenance=Provenance(
+                    source=f"journey {spec.journey}, step {cmd.step_id}: {cmd.reason}"
+                ),
+                topic=cmd.topic,
             )
         )
 

@@ -83,6 +83,9 @@ profiles = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("last_seen_at", UTCDateTime()),
+    # Set when the customer was erased (store.privacy): the row stays, empty, so ids
+    # are never reused and the consent ledger keeps pointing at it.
+    Column("erased_at", UTCDateTime()),
     Index("ix_profiles_ws_user", "workspace_id", "user_id"),
     Index("ix_profiles_ws_email", "workspace_id", "email"),
     Index("ix_profiles_ws_phone", "workspace_id", "phone"),
@@ -552,15 +555,308 @@ segment_changes = Table(
     Index("ix_segment_changes_profile", "profile_id"),
 )
 
+# When a member's or non-member's answer may next flip with the passage of time
+# ("no order for 30 days"); one row per (segment, profile), claimed with leases.
+segment_timers = Table(
+    "segment_timers",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("segment_id", BigId, nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("due_at", UTCDateTime(), nullable=False),
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("attempts", SmallInteger, nullable=False, default=0),
+    UniqueConstraint("segment_id", "profile_id", name="uq_segment_timers_segment_profile"),
+    Index("ix_segment_timers_due", "due_at"),
+    Index("ix_segment_timers_ws_profile", "workspace_id", "profile_id"),
+)
+
 # -- audience: date triggers and schedules ---------------------------------------------
+
+# One row per journey whose trigger is a date or a schedule: the trigger as applied and
+# the work the worker owes it as a whole (a date's backfill over every customer, a
+# schedule's runs), claimed with a lease when next_run_at is due.
+time_triggers = Table(
+    "time_triggers",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("journey_id", BigId, nullable=False, unique=True),
+    Column("kind", String(8), nullable=False),  # date | schedule
+    Column("rule", Json, nullable=False),  # the trigger's date: or schedule: part, as applied
+    Column("next_run_at", UTCDateTime()),  # work is due (NULL: none until the next sweep)
+    Column("run_at", UTCDateTime()),  # schedule: the instant of the run in progress
+    Column("done_through", BigId, nullable=False, default=0),  # last profile id done
+    Column("run_size", Integer, nullable=False, default=0),  # customers reached so far this run
+    Column("last_run_at", UTCDateTime()),
+    Column("last_run_size", Integer),
+    Column("note", String(500)),  # why the last run did not happen, if it did not
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("attempts", SmallInteger, nullable=False, default=0),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_time_triggers_next_run", "next_run_at"),
+    Index("ix_time_triggers_ws_kind", "workspace_id", "kind"),
+)
+
+# One row per (date-triggered journey, customer): the next occurrence due and what
+# became of the last one, claimed with a lease when due_at has passed.
+date_timers = Table(
+    "date_timers",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("journey_id", BigId, nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    Column("occurrence", Date),  # the date due_at celebrates (the birthday that year)
+    Column("due_at", UTCDateTime()),  # NULL: nothing left to fire
+    Column("handled", Date),  # the last occurrence fired or passed over
+    Column("outcome", String(8)),  # of `handled`: fired | late | paused | failed
+    Column("handled_at", UTCDateTime()),
+    Column("error", String(500)),
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("attempts", SmallInteger, nullable=False, default=0),
+    UniqueConstraint("journey_id", "profile_id", name="uq_date_timers_journey_profile"),
+    Index("ix_date_timers_due", "due_at"),
+    Index("ix_date_timers_ws_profile", "workspace_id", "profile_id"),
+)
 
 # -- audience: broadcasts -------------------------------------------------------------
 
+# One-off or scheduled sends to a segment (see touchline.audience.broadcasts). Each is
+# registered as a journey (status "broadcast", never triggered) so its messages, rollups,
+# reports, attribution and experiment winners use the journey machinery unchanged.
+broadcasts = Table(
+    "broadcasts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("journey_id", BigId, nullable=False),
+    Column("version_id", BigId, nullable=False),
+    Column("spec", Json, nullable=False),  # the validated definition, normalised
+    Column("source", Text, nullable=False),
+    # draft | scheduled | testing | waiting | sending | sent | cancelled
+    Column("status", String(16), nullable=False),
+    Column("send_at", UTCDateTime()),
+    # When a worker next has something to do for it (start, next chunk, the A/B decision).
+    Column("next_at", UTCDateTime()),
+    # The worker's bookmark: stage, phase, time-zone groups, last recipient, last slot.
+    Column("cursor", Json, nullable=False, default=dict),
+    Column("audience", BigInteger, nullable=False, server_default="0"),
+    Column("unreachable", BigInteger, nullable=False, server_default="0"),
+    Column("queued", BigInteger, nullable=False, server_default="0"),
+    Column("test_ends_at", UTCDateTime()),
+    Column("winner", String(64)),
+    Column("decided_at", UTCDateTime()),
+    Column("decision", Json),  # the verdict, its figures and any fallback used
+    Column("lease_owner", String(128)),
+    Column("lease_until", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+    UniqueConstraint("workspace_id", "key", name="uq_broadcasts_ws_key"),
+    Index("ix_broadcasts_status_next", "status", "next_at"),
+)
+
+# The audience as it was when sending started: one row per customer, with the A/B phase
+# and variant drawn for them and the journey instance and outbox row made for them.
+broadcast_recipients = Table(
+    "broadcast_recipients",
+    metadata,
+    Column("broadcast_id", BigId, primary_key=True),
+    Column("profile_id", BigId, primary_key=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("phase", String(8), nullable=False),  # test | main
+    Column("variant", String(64)),  # None in the main phase of an A/B test until decided
+    Column("zone", String(64), nullable=False),  # IANA zone with local_time, else ""
+    Column("status", String(8), nullable=False),  # pending | queued
+    Column("instance_id", BigId),
+    Column("outbox_id", BigId),
+    Index("ix_broadcast_recipients_order", "broadcast_id", "phase", "zone", "profile_id"),
+)
+
 # -- audience: catalog ------------------------------------------------------------------
+
+# The shop's products, keyed by the shop's own id (see audience.catalog).
+products = Table(
+    "products",
+    metadata,
+    Column("workspace_id", String(WS), primary_key=True),
+    Column("product_id", String(200), primary_key=True),
+    Column("name", String(500), nullable=False),
+    Column("url", Text),
+    Column("image", Text),
+    Column("price", Numeric(18, 2)),
+    Column("currency", String(3)),
+    Column("category", String(200)),
+    Column("in_stock", Boolean, nullable=False),
+    Column("attributes", Json, nullable=False, default=dict),
+    # The price a drop is measured from: the last price that rose or was announced.
+    Column("price_basis", Numeric(18, 2)),
+    # Out-of-stock -> in-stock transitions and announced drops so far: each is one occurrence.
+    Column("restocks", Integer, nullable=False, server_default="0"),
+    Column("price_drops", Integer, nullable=False, server_default="0"),
+    Column("archived_at", UTCDateTime()),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_products_ws_category", "workspace_id", "category"),
+)
+
+# Who showed interest in which product, kept from events by the catalog observer, so a
+# restock reads its audience here instead of scanning events.
+product_interest = Table(
+    "product_interest",
+    metadata,
+    Column("workspace_id", String(WS), primary_key=True),
+    Column("product_id", String(200), primary_key=True),
+    Column("profile_id", BigId, primary_key=True),
+    Column("viewed_at", UTCDateTime()),  # latest Product Viewed
+    Column("requested_at", UTCDateTime()),  # latest Back In Stock Requested
+    Column("purchased_at", UTCDateTime()),  # latest order holding it
+    Column("restock_notified_at", UTCDateTime()),
+    Column("price_notified_at", UTCDateTime()),
+    Index("ix_product_interest_ws_profile", "workspace_id", "profile_id"),
+)
+
+# Orders holding both products, both ways round: (a, b) and (b, a).
+product_pairs = Table(
+    "product_pairs",
+    metadata,
+    Column("workspace_id", String(WS), primary_key=True),
+    Column("product_id", String(200), primary_key=True),
+    Column("other_id", String(200), primary_key=True),
+    Column("orders", BigInteger, nullable=False),
+)
+
+# Orders holding each product: its popularity.
+product_stats = Table(
+    "product_stats",
+    metadata,
+    Column("workspace_id", String(WS), primary_key=True),
+    Column("product_id", String(200), primary_key=True),
+    Column("orders", BigInteger, nullable=False),
+    Index("ix_product_stats_ws_orders", "workspace_id", "orders"),
+)
+
+# One restock or price drop to announce, fired in chunks of recipients (resumable).
+catalog_alerts = Table(
+    "catalog_alerts",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("product_id", String(200), nullable=False),
+    Column("kind", String(16), nullable=False),  # back_in_stock | price_drop
+    Column("occurrence", Integer, nullable=False),  # products.restocks / price_drops
+    Column("status", String(12), nullable=False),  # pending | done | stopped
+    Column("at", UTCDateTime(), nullable=False),  # when the change was recorded
+    Column("viewed_since", UTCDateTime(), nullable=False),
+    Column("requested_since", UTCDateTime()),  # back_in_stock only
+    Column("properties", Json, nullable=False),  # of the events it stores
+    Column("cursor", BigInteger, nullable=False, server_default="0"),  # last profile id done
+    Column("fired", Integer, nullable=False, server_default="0"),
+    Column("detail", Text),  # why it stopped
+    Column("finished_at", UTCDateTime()),
+    UniqueConstraint("workspace_id", "product_id", "kind", "occurrence"),
+    Index("ix_catalog_alerts_status_id", "status", "id"),
+)
 
 # -- customer import, export and erasure --------------------------------------------------
 
+# One import of a customer file, keyed by the file's SHA-256: an interrupted
+# import resumes after ``last_line``, the last line of its last committed chunk.
+import_jobs = Table(
+    "import_jobs",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("kind", String(16), nullable=False),  # customers
+    Column("checksum", String(64), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("format", String(8), nullable=False),  # csv | jsonl
+    Column("status", String(12), nullable=False),  # running | done
+    Column("last_line", Integer, nullable=False, server_default="0"),
+    Column("rows", Integer, nullable=False, server_default="0"),
+    Column("imported", Integer, nullable=False, server_default="0"),
+    Column("duplicates", Integer, nullable=False, server_default="0"),
+    Column("rejected", Integer, nullable=False, server_default="0"),
+    Column("consents", Integer, nullable=False, server_default="0"),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime()),
+    UniqueConstraint("workspace_id", "kind", "checksum", name="uq_import_jobs_ws_kind_checksum"),
+)
+
+# Rows an import refused: where and why, never the refused value (no personal data).
+import_rejections = Table(
+    "import_rejections",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("job_id", BigId, nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("field", String(200), nullable=False),
+    Column("reason", String(500), nullable=False),
+    Index("ix_import_rejections_job_line", "job_id", "line"),
+)
+
+# Each erasure of a customer: who asked, when, and how many rows of each kind it touched.
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("profile_id", BigId, nullable=False),
+    # A salted SHA-256 of the user id, so "was this customer erased?" can be answered.
+    Column("user_hash", String(80)),
+    Column("requested_by", String(200), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("counts", Json, nullable=False),
+    Index("ix_erasures_ws_profile", "workspace_id", "profile_id"),
+    Index("ix_erasures_ws_user_hash", "workspace_id", "user_hash"),
+)
+
 # -- console ----------------------------------------------------------------------------
+
+# People who sign in to the console; each belongs to one workspace and sees only it.
+console_users = Table(
+    "console_users",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("email", String(320), nullable=False),  # case-folded; signs in with it
+    Column("name", String(200)),
+    Column("role", String(16), nullable=False),  # admin | marketer | operator
+    Column("password_hash", String(200), nullable=False),  # argon2id, with its parameters
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("password_changed_at", UTCDateTime(), nullable=False),
+    Column("last_signed_in_at", UTCDateTime()),
+    Column("disabled_at", UTCDateTime()),
+    UniqueConstraint("email", name="uq_console_users_email"),
+)
+
+# Signed-in browsers: only the SHA-256 of the cookie's token is kept.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(WS), nullable=False),
+    Column("user_id", BigId, nullable=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("last_seen_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("ip", String(64)),
+    Column("user_agent", String(500)),
+    UniqueConstraint("token_hash", name="uq_console_sessions_token_hash"),
+    Index("ix_console_sessions_user", "user_id"),
+    Index("ix_console_sessions_expires", "expires_at"),
+)
 
 __all__ = [
     "metadata",

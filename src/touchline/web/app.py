@@ -6,12 +6,20 @@ stable ``code``:
 * a :class:`~touchline.errors.TouchlineError` answers with its ``code`` and
   ``status``; for 5xx statuses the message is generic and details are logged;
 * FastAPI request validation failures are ``400 invalid_input``;
+* a body over 5 MB is ``413 payload_too_large``, JSON nested deeper than 64
+  levels ``400 nested_too_deep`` (:mod:`touchline.web.bodies`);
+* a store error is ``503 store_busy`` (with ``Retry-After``) when another
+  writer held the lock past the timeout, ``507 store_full`` when the disk or
+  database is full, else ``503 store_error``; nothing was written;
 * unknown routes are ``404 not_found``, wrong methods ``405 method_not_allowed``;
 * anything else is ``500 internal_error`` with the message ``"internal error"``
   (the traceback goes to the log, never to the client).
 
 CORS is open (any origin, no credentials) so browsers can post events from a
 shop's own pages; the write key is not a secret from the shop's visitors.
+
+``app.openapi()`` builds the OpenAPI document, error shapes included
+(:mod:`touchline.web.openapi`); it is not served.
 
 ``app_from_env`` is the uvicorn factory:
 ``uvicorn --factory touchline.web.app:app_from_env``.
@@ -28,30 +36,43 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from touchline.clock import Clock, SystemClock
 from touchline.config import Settings
-from touchline.errors import TouchlineError
+from touchline.errors import StoreError, TouchlineError
 from touchline.ops.limits import RateLimiter, RateLimitMiddleware, limits_from
 from touchline.ops.logs import configure_logging
 from touchline.ops.metrics import HttpMetricsMiddleware, Metrics, metrics_endpoint
-from touchline.store.db import make_engine, migrate
+from touchline.store.db import make_engine, migrate, store_error
 from touchline.store.workspaces import KeyCache
-from touchline.web import public, track
+from touchline.web import console, public, track
 from touchline.web.api import admin, callbacks, consent, experiments, ingest, promo, reports, tasks
+from touchline.web.api import broadcasts as broadcasts_api
+from touchline.web.api import catalog as catalog_api
+from touchline.web.api import privacy as privacy_api
+from touchline.web.api import segments as segments_api
 from touchline.web.api import settings as settings_api
+from touchline.web.bodies import BodyGuardMiddleware
+from touchline.web.openapi import ERROR_RESPONSES, openapi_document
 
 log = logging.getLogger("touchline.web")
 
 _HTTP_CODES = {
+    400: "invalid_input",  # FastAPI's "There was an error parsing the body"
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
 }
 _GENERIC_5XX = {
     503: "the service is temporarily unavailable",
+    507: "the store is out of space",
+}
+_GENERIC_CODES = {
+    "store_busy": "the store is busy; try again shortly",
 }
 
 
@@ -72,7 +93,14 @@ def create_app(
     buckets (``app.state.rate_limiter``). ``monotonic`` refills the buckets
     and ages the cached queue depths; tests pass one they can move.
     """
-    app = FastAPI(title="touchline", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="touchline",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        responses=ERROR_RESPONSES,
+    )
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.engine = engine if engine is not None else make_engine(settings.database_url)
     app.state.clock = clock if clock is not None else SystemClock()
@@ -83,6 +111,8 @@ def create_app(
 
     # Each add wraps the ones before: the rate limits sit inside CORS (a 429 carries its
     # headers), and the request metrics outside both (they count 429s and preflights too).
+    # The body guard is innermost: a rate-limited request's body is never read.
+    app.add_middleware(BodyGuardMiddleware)
     app.add_middleware(
         RateLimitMiddleware, limiter=app.state.rate_limiter, on_limited=metrics.count_limited
     )
@@ -98,6 +128,7 @@ def create_app(
     app.add_exception_handler(TouchlineError, _touchline_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(DBAPIError, _store_error)
     app.add_exception_handler(Exception, _unhandled_error)
 
     app.add_api_route("/healthz", healthz, methods=["GET"])
@@ -105,15 +136,20 @@ def create_app(
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.include_router(ingest.router)
     app.include_router(consent.router)  # before admin: its /profiles/{ref:path} would match
+    app.include_router(privacy_api.router)  # before admin, as consent
     app.include_router(admin.router)
     app.include_router(tasks.router)
     app.include_router(promo.router)
+    app.include_router(catalog_api.router)
     app.include_router(public.router)
     app.include_router(track.router)
     app.include_router(settings_api.router)
     app.include_router(callbacks.router)
     app.include_router(reports.router)
     app.include_router(experiments.router)
+    app.include_router(broadcasts_api.router)
+    app.include_router(segments_api.router)
+    console.mount(app)  # /console pages and the /touchline.js site tracker
     return app
 
 
@@ -167,9 +203,20 @@ async def _touchline_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TouchlineError)
     if exc.status >= 500:
         log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, exc.message)
-        message = _GENERIC_5XX.get(exc.status, "internal error")
-        return _error(exc.status, exc.code, message)
+        message = _GENERIC_CODES.get(exc.code) or _GENERIC_5XX.get(exc.status, "internal error")
+        response = _error(exc.status, exc.code, message)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response.headers["Retry-After"] = str(retry_after)
+        return response
     return _error(exc.status, exc.code, exc.message)
+
+
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    """A driver error that escaped a route (a read, say): answered as the store error it is."""
+    assert isinstance(exc, DBAPIError)
+    translated: StoreError = store_error(exc)
+    return await _touchline_error(request, translated)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -191,7 +238,20 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     response = _error(exc.status_code, code, message)
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        # The router names only the first route of the path; a path may have several.
+        response.headers["Allow"] = ", ".join(_allowed_methods(request))
     return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of this request's path answers (one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route_methods)
+    return sorted(methods)
 
 
 async def _unhandled_error(request: Request, exc: Exception) -> JSONResponse:

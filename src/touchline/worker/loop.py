@@ -15,8 +15,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, case, func, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
 
+from touchline.audience.alerts import fire_alerts
+from touchline.audience.broadcast_runner import advance_broadcasts
+from touchline.audience.segment_runtime import fire_segment_timers, next_segment_timer
+from touchline.audience.time_triggers import TimeTriggers
 from touchline.clock import Clock
 from touchline.errors import StoreError
 from touchline.measure.winners import evaluate_experiments
@@ -62,7 +66,8 @@ class Worker:
         event_time_as_now: bool = False,
         metrics: Metrics | None = None,
     ) -> None:
-        """``metrics``, when given, observes each fired timer's lateness."""
+        """``metrics``, when given, observes each fired timer's lateness, counts the
+        items handled and the rounds lost to the store."""
         self.engine = engine
         self.clock = clock
         self.owner = owner
@@ -73,6 +78,7 @@ class Worker:
         self.metrics = metrics
         self.runtime = Runtime()
         self.totals = WorkerTotals()
+        self.time_triggers = TimeTriggers(engine, owner=owner, lease=self.lease, batch=batch)
         self._last_sweep: datetime | None = None
         self._last_evaluation: datetime | None = None
 
@@ -96,6 +102,8 @@ class Worker:
             self.totals.failed += result.failed
             self.totals.stats.add(result.stats)
             done += result.processed + result.failed
+            if self.metrics is not None:
+                self.metrics.count_items("event", processed=result.processed, failed=result.failed)
         ids = claim_timers(
             self.engine, owner=self.owner, now=now, lease=self.lease, limit=self.batch
         )
@@ -103,10 +111,21 @@ class Worker:
             result = process_timers(self.engine, self.runtime, ids, owner=self.owner, now=now)
             if self.metrics is not None:
                 self.metrics.observe_lateness(result.lateness)
+                self.metrics.count_items("timer", processed=result.processed, failed=result.failed)
             self.totals.timers += result.processed
             self.totals.failed += result.failed
             self.totals.stats.add(result.stats)
             done += result.processed + result.failed
+        # Segment answers that flip with time ("no order for 30 days"), customer by customer.
+        done += fire_segment_timers(
+            self.engine, owner=self.owner, now=now, lease=self.lease, limit=self.batch
+        )
+        # Restocks and price drops the catalog recorded, a chunk of customers at a time.
+        done += fire_alerts(self.engine, now=now)
+        # Broadcasts due: start, snapshot, queue a few chunks, judge an A/B test.
+        done += advance_broadcasts(self.engine, owner=self.owner, now=now, lease=self.lease)
+        # Dates due (birthdays...), date backfills and schedule runs, a chunk at a time.
+        done += self.time_triggers.run_once(now)
         if self._last_sweep is None or now - self._last_sweep >= SWEEP_EVERY:
             with transaction(self.engine) as conn:
                 sweep_expired_listeners(conn, now=now)
@@ -134,7 +153,9 @@ class Worker:
             retry = conn.execute(
                 select(func.min(events.c.lease_until)).where(events.c.status == EVENT_PENDING)
             ).scalar_one_or_none()
-        return min((t for t in (due, retry) if t is not None), default=None)
+            dated = self.time_triggers.next_due(conn)
+            segment_due = next_segment_timer(conn)
+        return min((t for t in (due, retry, dated, segment_due) if t is not None), default=None)
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set. Store outages are waited out, not fatal."""
@@ -143,10 +164,12 @@ class Worker:
             try:
                 done = self.run_once()
                 delay = self.poll
-            except (StoreError, DBAPIError) as exc:
-                log.warning("store unavailable, retrying in %.1fs: %s", delay, exc)
-                done = 0
+            except (StoreError, DBAPIError, PendingRollbackError) as exc:
                 delay = min(max(delay * 2, 0.5), MAX_RECONNECT_DELAY)
+                log.warning("store unavailable, retrying in %.1fs: %s", delay, exc)
+                if self.metrics is not None:
+                    self.metrics.count_outage("worker")
+                done = 0
             if done == 0:
                 stop.wait(delay)
 

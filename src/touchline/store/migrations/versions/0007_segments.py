@@ -73,9 +73,32 @@ def upgrade() -> None:
         "ix_segment_changes_segment_at", "segment_changes", ["segment_id", "at"], unique=False
     )
     op.create_index("ix_segment_changes_profile", "segment_changes", ["profile_id"], unique=False)
+    op.create_table(
+        "segment_timers",
+        sa.Column("id", BIG, autoincrement=True, nullable=False),
+        sa.Column("workspace_id", sa.String(length=32), nullable=False),
+        sa.Column("segment_id", BIG, nullable=False),
+        sa.Column("profile_id", BIG, nullable=False),
+        sa.Column("due_at", _when(), nullable=False),
+        sa.Column("lease_owner", sa.String(length=128), nullable=True),
+        sa.Column("lease_until", _when(), nullable=True),
+        sa.Column("attempts", sa.SmallInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_segment_timers")),
+        sa.UniqueConstraint("segment_id", "profile_id", name="uq_segment_timers_segment_profile"),
+    )
+    op.create_index("ix_segment_timers_due", "segment_timers", ["due_at"], unique=False)
+    op.create_index(
+        "ix_segment_timers_ws_profile",
+        "segment_timers",
+        ["workspace_id", "profile_id"],
+        unique=False,
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_segment_timers_ws_profile", table_name="segment_timers")
+    op.drop_index("ix_segment_timers_due", table_name="segment_timers")
+    op.drop_table("segment_timers")
     op.drop_table("segment_changes")
     op.drop_index("ix_segment_members_ws_profile", table_name="segment_members")
     op.drop_table("segment_members")
