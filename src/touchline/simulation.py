@@ -23,7 +23,7 @@ import json
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import Engine, select, update
 
+from touchline.audience.segments import LoadedSegment, build_segment, save_segments
 from touchline.clock import utc
 from touchline.errors import InputError
 from touchline.ingest.segment import parse_payload
@@ -89,7 +90,10 @@ class Simulation:
         timezone: str = "UTC",
         workdir: Path | None = None,
         settings: Mapping[str, Any] | None = None,
+        segments: Sequence[LoadedSegment] = (),
     ) -> None:
+        """``segments`` are stored and built (empty) before the first event, so
+        membership moves with the replayed events and segment triggers fire."""
         self._owned_dir = workdir is None
         self.workdir = (
             Path(tempfile.mkdtemp(prefix="touchline-sim-")) if workdir is None else workdir
@@ -102,6 +106,7 @@ class Simulation:
         created = create_workspace(self.engine, "simulation", now=start, timezone=timezone)
         self.workspace_id = created.id
         with transaction(self.engine) as conn:
+            save_segments(conn, self.workspace_id, segments, now=start)
             apply_journeys(conn, self.workspace_id, journeys_, now=start)
             if settings:
                 conn.execute(
@@ -109,6 +114,8 @@ class Simulation:
                     .where(workspaces.c.id == self.workspace_id)
                     .values(settings=dict(settings))
                 )
+        for item in segments:
+            build_segment(self.engine, self.workspace_id, item.spec.segment, now=start)
         self.worker = Worker(
             self.engine, clock=self.clock, owner="simulation", batch=500, event_time_as_now=True
         )

@@ -24,7 +24,6 @@ import pytest
 import yaml
 
 from touchline.demo.report import SECTIONS
-from touchline.errors import SpecError
 from touchline.journeys.loader import journey_files, load_journey_dir, load_journey_file
 from touchline.messaging.sms import analyse
 from touchline.messaging.template_files import load_template_dir
@@ -41,7 +40,6 @@ from touchline.store.consent import CONFIRMATION_REQUESTED
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "examples" / "ecommerce"
 PACK_FILES = sorted((PACK / "journeys").glob("*.yaml"))
-PENDING_FILES = sorted((PACK / "pending").glob("*.yaml"))
 # Longest a small demo may take; it needs a few seconds on a laptop.
 DEMO_TIMEOUT = 120
 
@@ -65,7 +63,7 @@ def touchline(
 
 
 def test_pack_has_the_expected_journeys() -> None:
-    """The loader reads exactly the eleven files of journeys/ (pending/ and events/ stay out)."""
+    """The loader reads exactly the sixteen files of journeys/ (segments/ and events/ stay out)."""
     loaded = load_journey_dir(PACK)
     assert journey_files(PACK) == PACK_FILES
     assert {j.spec.journey for j in loaded} == {
@@ -80,6 +78,11 @@ def test_pack_has_the_expected_journeys() -> None:
         "cross-sell",
         "cancelled-order-offer",
         "confirm-subscription",
+        "back-in-stock",
+        "price-drop",
+        "birthday",
+        "win-back",
+        "reactivation",
     }
 
 
@@ -91,20 +94,11 @@ def test_every_pack_file_validates_with_name_description_and_category(path: Path
     assert spec.journey == path.stem
 
 
-@pytest.mark.parametrize("path", PENDING_FILES, ids=lambda p: p.name)
-def test_pending_files_fail_only_on_their_proposed_trigger(path: Path) -> None:
-    """Win-back and birthday are valid journeys except for the time-based trigger they wait for."""
-    with pytest.raises(SpecError) as caught:
-        load_journey_file(path)
-    assert caught.value.problems
-    assert all(p.field.startswith("trigger") for p in caught.value.problems)
-
-
 def test_validate_command_accepts_the_pack(tmp_path: Path) -> None:
     """`touchline validate examples/ecommerce` exits 0 and counts the journeys and templates."""
     result = touchline("validate", str(PACK), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "11 journey(s) valid, 20 template(s) valid" in result.stdout
+    assert "16 journey(s) valid, 24 template(s) valid" in result.stdout
 
 
 # -- simulate: the abandoned cart ---------------------------------------------------------
@@ -293,8 +287,16 @@ _PRODUCTS = [
     {"product_id": "p-202", "name": "Наушники Galaxy Buds FE", "category": "Аудио", "price": 6990},
     {"product_id": "p-401", "name": "Чехол-книжка для смартфона", "price": 990, "quantity": 2},
 ]
-# One event per trigger of the pack (pending journeys' synthetic ones too), each with
+# One event per trigger of the pack (the ones touchline stores too), each with
 # every property some template of that trigger reads.
+PRODUCT = {
+    "product_id": "p-202",
+    "name": "Наушники Galaxy Buds FE",
+    "category": "Аудио",
+    "price": 6990,
+    "currency": "RUB",
+    "url": "https://shop.example/product/p-202",
+}
 SAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
     "Signed Up": {"method": "email"},
     "Product Viewed": {
@@ -351,7 +353,21 @@ SAMPLE_PROPERTIES: dict[str, dict[str, Any]] = {
     },
     CONFIRMATION_REQUESTED: {"channel": "email", "confirm_token": "ws1.AwEHkz-Xr_5pW3mQ8vT0dA"},
     "Date Reached": {"trait": "birthday", "date": "1991-03-13"},
-    "Inactive": {"days": 30, "last_order_at": "2025-02-08T12:00:00Z"},
+    "Segment Entered": {"segment": "lapsed-buyers"},
+    "Back In Stock": {
+        **PRODUCT,
+        "image_url": "https://shop.example/img/p-202.jpg",
+        "reason": "requested",
+        "alert_id": 17,
+    },
+    "Price Dropped": {
+        **PRODUCT,
+        "price": 5990,
+        "old_price": 6990,
+        "drop_percent": 14.3,
+        "reason": "viewed",
+        "alert_id": 18,
+    },
 }
 
 
@@ -367,12 +383,14 @@ class PackSend:
 
 
 def _pack_sends() -> list[PackSend]:
-    """Every send step of the pack, pending journeys included, with its purpose."""
+    """Every send step of the pack, with its purpose."""
     sends = []
-    for file in [*PACK_FILES, *PENDING_FILES]:
+    for file in PACK_FILES:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
         trigger = data["trigger"]
-        event = trigger.get("event") or ("Inactive" if "inactive" in trigger else "Date Reached")
+        event = trigger.get("event") or (
+            "Segment Entered" if "segment" in trigger else "Date Reached"
+        )
         category = data.get("category", "engaging")
         for step in data["steps"]:
             if "send" in step:

@@ -104,8 +104,15 @@ def _shape(event: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-SYNTHETIC = ("Date Reached", "Inactive", "Consent Confirmation Requested")
-"""Triggers the demo shop does not send: pending journeys' and the double opt-in request."""
+SYNTHETIC = (
+    "Date Reached",
+    "Inactive",
+    "Consent Confirmation Requested",
+    "Back In Stock",
+    "Price Dropped",
+)
+"""Triggers the demo shop does not send: pending journeys', the double opt-in request and
+the catalog's restock and price-drop announcements."""
 
 
 def synthetic_events(name: str, customer: Customer) -> list[dict[str, Any]]:
@@ -114,6 +121,12 @@ def synthetic_events(name: str, customer: Customer) -> list[dict[str, Any]]:
     props: dict[str, Any]
     if name == "Consent Confirmation Requested":
         props = {"channel": "email", "confirm_token": "ws1.AwEHkz-Xr_5pW3mQ8vT0dA"}
+    elif name in ("Back In Stock", "Price Dropped"):
+        product = build_catalogue()[5].as_segment()
+        props = {**product, "url": f"https://shop.example/product/{product['product_id']}"}
+        props |= {"alert_id": 3, "reason": "viewed"}
+        if name == "Price Dropped":
+            props |= {"old_price": product["price"] + 500, "drop_percent": 12.5}
     elif name == "Date Reached":
         props = {"trait": "birthday", "date": customer.birthday.isoformat()}
     else:

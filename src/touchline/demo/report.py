@@ -10,7 +10,7 @@ terminal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +27,8 @@ from touchline.store.tables import (
     instances,
     journeys,
     outbox,
+    segment_changes,
+    segments,
     step_log,
     workspaces,
 )
@@ -39,6 +41,7 @@ SECTIONS = (
     "Goals",
     "A/B tests",
     "Events ingested",
+    "Segments over time",
     "Time taken",
     "Holdout uplift",
 )
@@ -95,6 +98,9 @@ class DemoReport:
     # journeys with a holdout, read from the rollups by touchline.measure.reports
     uplifts: list[reports.JourneyFigures] = field(default_factory=list)
     events: list[tuple[str, int]] = field(default_factory=list)  # (event name, count)
+    #: Instants the segment sizes are read at, and each segment's (key, sizes at them).
+    segment_times: list[datetime] = field(default_factory=list)
+    segments: list[tuple[str, list[int]]] = field(default_factory=list)
     reactions: int = 0
     timers: int = 0  # timers fired (waits ending, wait_for timeouts)
     failures: int = 0
@@ -195,6 +201,7 @@ def collect(engine: Engine, report: DemoReport) -> DemoReport:
         ]
         report.variants = _variants(conn, names)
         report.uplifts = _uplifts(conn, report)
+        report.segment_times, report.segments = _segment_sizes(conn, report)
         report.events = [
             (name or f"({kind})", n)
             for name, kind, n in conn.execute(
@@ -204,6 +211,37 @@ def collect(engine: Engine, report: DemoReport) -> DemoReport:
             )
         ]
     return report
+
+
+def _segment_sizes(
+    conn: Connection, report: DemoReport
+) -> tuple[list[datetime], list[tuple[str, list[int]]]]:
+    """Each segment's size at the end of every week (at most six points), from its history.
+
+    A size at ``t`` is the entries minus the exits recorded at or before ``t``:
+    ``segment_changes`` is the whole history, so no snapshot is needed.
+    """
+    points = min(max(report.days // 7, 1), 6)
+    span = report.end - report.start
+    times = [report.start + span * k / points for k in range(1, points + 1)]
+    times = [t - timedelta(microseconds=t.microsecond) for t in times]
+    sign = case((segment_changes.c.change == "entered", 1), else_=-1)
+    found: list[tuple[str, list[int]]] = []
+    for segment_id, key in conn.execute(
+        select(segments.c.id, segments.c.key).order_by(segments.c.key)
+    ):
+        sizes = [
+            int(
+                conn.execute(
+                    select(func.coalesce(func.sum(sign), 0)).where(
+                        segment_changes.c.segment_id == segment_id, segment_changes.c.at <= t
+                    )
+                ).scalar_one()
+            )
+            for t in times
+        ]
+        found.append((key, sizes))
+    return times, found
 
 
 def _uplifts(conn: Connection, report: DemoReport) -> list[reports.JourneyFigures]:
@@ -399,7 +437,16 @@ def render(report: DemoReport, out: TextIO) -> None:
         t.add_row(name, str(n))
     console.print(t)
 
-    heading(SECTIONS[7])
+    heading(SECTIONS[7], "(members at the end of each week, from the recorded entries and exits)")
+    if report.segments:
+        t = table("<segment", *(f"{at:%d %b}" for at in report.segment_times))
+        for key, sizes in report.segments:
+            t.add_row(key, *map(str, sizes))
+        console.print(t)
+    else:
+        console.print("the pack defines no segments")
+
+    heading(SECTIONS[8])
     work = report.events_total + report.timers
     rate = work / report.simulate_seconds if report.simulate_seconds else 0.0
     console.print(
@@ -411,7 +458,7 @@ def render(report: DemoReport, out: TextIO) -> None:
     if report.failures:
         console.print(f"[red]{report.failures} events or timers failed; see the log[/red]")
 
-    heading(SECTIONS[8], "(per entry, against the journey's holdout; uplift in rate points)")
+    heading(SECTIONS[9], "(per entry, against the journey's holdout; uplift in rate points)")
     if report.uplifts:
         t = table(
             "<journey",

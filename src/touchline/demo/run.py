@@ -28,6 +28,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from touchline.audience.segments import load_segment_dir
 from touchline.demo.report import DemoReport, collect, render
 from touchline.demo.shop import Shop
 from touchline.errors import ConfigError, InputError, SpecError
@@ -126,6 +127,7 @@ def run_demo(
     started = time.perf_counter()
     try:
         loaded = load_journey_dir(pack_dir())
+        segments = load_segment_dir(pack_dir())
     except SpecError as exc:
         raise ConfigError(f"the example journeys do not load: {exc.message}") from None
     shop = Shop(seed=seed, customers=customers, days=days)
@@ -156,7 +158,13 @@ def run_demo(
             sim.add(raw)
         reactions += len(answer)
 
-    sim = Simulation(loaded, start=shop.start, timezone=WORKSPACE_TIMEZONE, workdir=workdir)
+    sim = Simulation(
+        loaded,
+        start=shop.start,
+        timezone=WORKSPACE_TIMEZONE,
+        workdir=workdir,
+        segments=segments,
+    )
     try:
         sim.add_all(shop.events)
         with bar:
