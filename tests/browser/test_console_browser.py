@@ -8,6 +8,7 @@ browser context; screenshots of the main pages are kept as artifacts.
 from __future__ import annotations
 
 import http.server
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from server import Served
 from sqlalchemy import create_engine, select
 
 from conftest import screenshot
-from touchline.store.tables import events, journeys, tasks
+from touchline.store.tables import broadcasts, events, journeys, tasks
 
 
 def sign_in(page: Any, email: str = MARKETER, *, to: str = "/console/") -> None:
@@ -241,3 +242,46 @@ def test_tracker_on_a_shop_page_stores_its_events(
     assert ("track", "Product Added") in kinds, kinds
     assert any(r.user_id == "u-2001" for r in found)
     assert journey_count
+
+
+def test_create_schedule_and_follow_a_broadcast(
+    page: Any, shop: tuple[Served, Seeded, str]
+) -> None:
+    """A marketer saves a broadcast as a draft from the form, schedules it, and its page
+    follows it (by its own poll) until the server's worker has taken the audience."""
+    sign_in(page)
+    page.click("nav.sections >> text=Broadcasts")
+    page.click("#new-broadcast")
+    page.fill("input[name=broadcast]", "still-with-us")
+    page.fill("input[name=name]", "Still with us?")
+    page.select_option("select[name=audience]", "all")
+    page.select_option("select[name=channel]", "email")
+    page.select_option("select[name=template]", "reactivation-still-interested")
+    page.fill("input[name=rate]", "600")
+    screenshot(page, "broadcast-new")
+    page.click("#save-draft")
+    expect(page).to_have_url("/console/broadcasts/still-with-us?notice=broadcast_draft")
+    expect(page.locator("#broadcast-status")).to_have_text("draft")
+    expect(page.locator("#broadcast-settings")).to_contain_text("600 a minute")
+    page.click("#schedule")
+    expect(page.locator(".notice")).to_have_text("The broadcast is scheduled.")
+    # The page polls its progress and shows itself anew when the status moves on.
+    expect(page.locator("#broadcast-status")).to_have_text(
+        re.compile("^(sending|sent)$"), timeout=30_000
+    )
+    expect(page.locator("#figure-audience")).not_to_have_text("0")
+    screenshot(page, "broadcast")
+    engine = create_engine(shop[2])
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(broadcasts.c.audience, broadcasts.c.queued).where(
+                    broadcasts.c.key == "still-with-us"
+                )
+            ).one()
+    finally:
+        engine.dispose()
+    assert row.audience >= 5  # the seeded customers, and any a test before added
+    expect(page.locator("#figure-queued")).to_have_text(str(row.audience), timeout=20_000)
+    page.click("nav.sections >> text=Broadcasts")
+    expect(page.locator("#broadcast-list")).to_contain_text("Still with us?")

@@ -79,6 +79,8 @@ def test_the_walk_covers_every_section(world: World) -> None:
     paths = {path for _, path in console_routes(world)}
     for section in ("overview", "journeys", "templates", "customers", "queue", "inbox", "settings"):
         assert f"/console/{section}" in paths
+    for section in ("broadcasts", "broadcasts/{key}", "broadcasts/{key}/progress"):
+        assert f"/console/{section}" in paths
     assert len(paths) >= 25
 
 

@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 from touchline.errors import AuthError, NotFound, TouchlineError
 from touchline.web.console import (
     auth,
+    broadcasts,
     customers,
     inbox,
     journeys,
@@ -65,6 +66,7 @@ def mount(app: FastAPI) -> None:
         message_templates,
         customers,
         segments,
+        broadcasts,
         queue,
         inbox,
         settings,

@@ -72,6 +72,7 @@ SECTIONS: tuple[tuple[str, str, frozenset[str]], ...] = (
     ("templates", "Templates", frozenset({ADMIN, MARKETER})),
     ("customers", "Customers", frozenset(ROLES)),
     ("segments", "Segments", frozenset({ADMIN, MARKETER})),
+    ("broadcasts", "Broadcasts", frozenset({ADMIN, MARKETER})),
     ("queue", "Operator queue", frozenset({ADMIN, OPERATOR})),
     ("inbox", "Inbox", frozenset({ADMIN, MARKETER})),
     ("settings", "Settings", frozenset({ADMIN})),
@@ -297,6 +298,9 @@ NOTICES = {
     "closed": "The task is closed.",
     "no_task": "No task is due now.",
     "revoked": "The key is revoked.",
+    "broadcast_draft": "The broadcast is saved as a draft: schedule it when it is ready.",
+    "broadcast_scheduled": "The broadcast is scheduled.",
+    "broadcast_cancelled": "The broadcast is cancelled: messages still waiting are skipped.",
 }
 
 

@@ -63,4 +63,37 @@
     if (question && !window.confirm(question)) { event.preventDefault(); }
   });
 
+  // -- a broadcast's progress while it is under way --------------------------------
+  var progress = document.getElementById("broadcast-progress");
+  if (progress && progress.dataset.poll) {
+    var every = 1000 * (Number(progress.dataset.every) || 5);
+    var figure = function (name, value) {
+      progress.querySelectorAll('[data-figure="' + name + '"]').forEach(function (node) {
+        node.textContent = Number(value).toLocaleString("en-US");
+      });
+    };
+    var poll = function () {
+      fetch(progress.dataset.poll, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (!response.ok) { throw new Error("the server answered " + response.status); }
+          return response.json();
+        }).then(function (found) {
+          // A new status brings other buttons (or the A/B decision): show the whole page anew.
+          if (found.status !== progress.dataset.status) {
+            window.location.replace(window.location.pathname); // without the last notice
+            return;
+          }
+          Object.keys(found).forEach(function (name) {
+            if (typeof found[name] === "number") { figure(name, found[name]); }
+          });
+          var bar = document.getElementById("progress-bar");
+          if (bar) { bar.max = Math.max(found.audience, 1); bar.value = found.settled; }
+          window.setTimeout(poll, every);
+        }).catch(function () {
+          window.setTimeout(poll, every * 4); // the server is busy or away: ask less often
+        });
+    };
+    window.setTimeout(poll, every);
+  }
+
 })();
