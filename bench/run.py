@@ -1,8 +1,9 @@
 """``python -m bench.run [--quick] [--store sqlite|postgresql|both]``: the benchmark report.
 
 Each row compares touchline with a baseline doing the same work in the same
-run (see :mod:`bench.ingest`, :mod:`bench.timers`, :mod:`bench.e2e_smtp` and
-:mod:`bench.reports`), and prints the ratio
+run (see :mod:`bench.ingest`, :mod:`bench.timers`, :mod:`bench.e2e_smtp`,
+:mod:`bench.reports`, :mod:`bench.peers`, :mod:`bench.scaleout`,
+:mod:`bench.timers_1m` and :mod:`bench.segments`), and prints the ratio
 touchline / baseline. The ratio, not the absolute rate, is what to compare
 between runs and machines. ``docs/benchmarks.md`` explains each row.
 
@@ -20,10 +21,21 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import e2e_smtp, ingest, reports, timers
+from bench import e2e_smtp, ingest, peers, reports, scaleout, segments, timers, timers_1m
 from bench.common import STORES, Result, log, machine, render, workdir
 
-BENCHMARKS = ("ingest", "timers", "e2e", "reports")
+BENCHMARKS = (
+    "ingest",
+    "timers",
+    "e2e",
+    "reports",
+    "peers",
+    "scaleout",
+    "timers1m",
+    "segments",
+)
+# Benchmarks that run on PostgreSQL only, once whatever --store says.
+PG_ONLY = ("peers", "scaleout")
 # Functions shown per profile, by own time and by cumulative time.
 PROFILE_TOP = 25
 
@@ -37,6 +49,11 @@ class Scale:
     report_events: int
     rollup_facts: int
     rollup_orders: int
+    peers_reminders: int
+    peers_window: float  # seconds
+    scaleout_events: int
+    timers1m: timers_1m.Scale
+    segments: segments.Scale
 
 
 FULL = Scale(
@@ -47,6 +64,11 @@ FULL = Scale(
     report_events=10_000_000,
     rollup_facts=3_000,
     rollup_orders=1_000,
+    peers_reminders=peers.FULL_COUNT,
+    peers_window=peers.FULL_WINDOW,
+    scaleout_events=20_000,
+    timers1m=timers_1m.FULL,
+    segments=segments.FULL,
 )
 # Small enough for a smoke run in under two minutes on two cores, both stores.
 QUICK = Scale(
@@ -57,6 +79,11 @@ QUICK = Scale(
     report_events=1_000_000,
     rollup_facts=500,
     rollup_orders=200,
+    peers_reminders=2_000,
+    peers_window=30.0,
+    scaleout_events=1_000,
+    timers1m=timers_1m.QUICK,
+    segments=segments.QUICK,
 )
 
 
@@ -85,6 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     with workdir() as folder:
         for name in chosen:
+            if name in PG_ONLY:
+                if name == "peers":
+                    found = peers.run(
+                        folder, count=scale.peers_reminders, window=scale.peers_window
+                    )
+                else:
+                    found = scaleout.run(folder, count=scale.scaleout_events)
+                for row in found:
+                    log(f"{name}: {row.name} {row.store}: ratio {row.ratio:.3g}")
+                results.extend(found)
+                continue
             for kind in stores:
                 prof = args.profile / f"{name}-{kind}" if args.profile else None
                 if name == "ingest":
@@ -105,6 +143,14 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 elif name == "e2e":
                     result = e2e_smtp.run(kind, folder, count=scale.e2e_orders, profile_to=prof)
+                elif name == "timers1m":
+                    *firsts, result = timers_1m.run(kind, folder, scale=scale.timers1m)
+                    results.extend(firsts)
+                elif name == "segments":
+                    *firsts, result = segments.run(
+                        kind, folder, scale=scale.segments, profile_to=args.profile
+                    )
+                    results.extend(firsts)
                 else:
                     *firsts, result = reports.run(
                         kind,
@@ -117,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{name}/{kind}: ratio {result.ratio:.3g}")
                 results.append(result)
 
-    title = "touchline benchmarks (ratio = touchline / baseline, same run; higher is better)"
+    title = (
+        "touchline benchmarks (ratio = touchline / baseline, same run; "
+        "higher is better unless the row says lower)"
+    )
     if args.profile is not None:
         title += "\nPROFILED RUN: rates are slowed by cProfile and not comparable"
     if not args.analyze:
