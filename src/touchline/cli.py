@@ -891,6 +891,10 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_worker: boo
     )
 
 
+#: Captured messages a long-running dispatcher keeps in memory (each is in the outbox too).
+CAPTURE_KEEP = 1000
+
+
 def _dispatcher(ctx: click.Context, *, metrics: Any = None) -> Any:
     """A dispatcher: email over SMTP when TOUCHLINE_SMTP_HOST is set, call-centre
     tasks into the operator queue; everything else through the capture channel
@@ -901,7 +905,7 @@ def _dispatcher(ctx: click.Context, *, metrics: Any = None) -> Any:
 
     s = _settings(ctx)
     channels: dict[str, Any] = {
-        DEFAULT_CHANNEL: CaptureChannel(),
+        DEFAULT_CHANNEL: CaptureChannel(keep=CAPTURE_KEEP),
         "call": CallCentreChannel(_engine(ctx), clock=SystemClock()),
     }
     if s.smtp_host:

@@ -22,6 +22,16 @@ def test_send_records_message_and_returns_capture_id() -> None:
     assert [r.provider_id for r in results] == ["capture:k1", "capture:k2"]
 
 
+def test_a_bounded_channel_keeps_the_latest_messages_only() -> None:
+    """keep=3 holds memory flat: never more than twice that, always the latest ones."""
+    channel = CaptureChannel(keep=3)
+    asyncio.run(_send(channel, *(message(f"k{i}") for i in range(20))))
+    assert 3 <= len(channel.messages) <= 6
+    assert channel.messages[-1].idempotency_key == "k19"
+    keys = [m.idempotency_key for m in channel.messages]
+    assert keys == [f"k{i}" for i in range(20 - len(keys), 20)]
+
+
 def test_sink_receives_each_message() -> None:
     """A sink is called with every message, in send order."""
     seen: list[OutgoingMessage] = []

@@ -17,15 +17,22 @@ class CaptureChannel:
 
     name = "capture"
 
-    def __init__(self, sink: Callable[[OutgoingMessage], None] | None = None) -> None:
+    def __init__(
+        self, sink: Callable[[OutgoingMessage], None] | None = None, *, keep: int | None = None
+    ) -> None:
+        """``keep`` bounds :attr:`messages` to about the latest ``keep`` (a long-running
+        worker's memory stays flat; the rendered message is in the outbox anyway)."""
         self.messages: list[OutgoingMessage] = []
         self._sink = sink
+        self._keep = keep
 
     async def send(self, message: OutgoingMessage) -> SendResult:
         # The sink runs first: if it fails, the message is not recorded as sent.
         if self._sink is not None:
             self._sink(message)
         self.messages.append(message)
+        if self._keep is not None and len(self.messages) > 2 * self._keep:
+            del self.messages[: -self._keep]
         return SendResult(provider_id=f"capture:{message.idempotency_key}", status="delivered")
 
     async def aclose(self) -> None:
