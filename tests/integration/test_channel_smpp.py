@@ -494,4 +494,4 @@ def test_a_receipt_marks_the_message_delivered_and_becomes_an_event(
         row = conn.execute(select(outbox.c.status, outbox.c.delivery_status)).one()
         names = list(conn.execute(select(events.c.name).where(events.c.type == "track")).scalars())
     assert tuple(row) == ("sent", "delivered")
-    assert names == ["Order Shipped", "Message Sent", "Message Delivered"]
+    assert names == ["Order Shipped", "Message Delivered"]

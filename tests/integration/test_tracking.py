@@ -512,7 +512,8 @@ def test_a_journey_waiting_for_an_open_falls_back_to_sms_only_without_one(
 
 @pytest.mark.parametrize("fate", ["sent", "failed"])
 def test_a_journey_waiting_for_its_message_to_fail_texts_instead(shop: Shop, fate: str) -> None:
-    """Sent and failed are customer events too: a failed receipt email falls back to SMS."""
+    """A failed receipt email falls back to SMS; a sent one stores no Message Sent event,
+    since nothing awaits it."""
     # given
     before = set(shop.messages())
     shop.trigger(track("anna", "Order Placed"))
@@ -530,8 +531,52 @@ def test_a_journey_waiting_for_its_message_to_fail_texts_instead(shop: Shop, fat
             )
     shop.advance(timedelta(hours=2))
     # then
-    name = "Message Sent" if fate == "sent" else "Message Failed"
-    (event,) = shop.events(name)
+    if fate == "failed":
+        (event,) = shop.events("Message Failed")
+        assert event.properties["message_id"] == mail
+        assert event.properties["journey"] == "receipt-fallback"
+        assert shop.templates()[-1] == "receipt-sms"
+    else:
+        assert shop.events("Message Sent") == []
+        assert shop.templates()[-1] == "receipt"
+
+
+SENT_THEN = """
+journey: ticket
+category: transactional
+trigger: {event: Ticket Booked}
+entry: {reentry: always}
+steps:
+  - id: mail
+    send: {channel: email, template: ticket}
+  - id: wait-sent
+    wait_for:
+      event: Message Sent
+      where: event.properties.journey == "ticket"
+      timeout: 1h
+      on_event: note
+      on_timeout: exit
+  - id: note
+    send: {channel: sms, template: ticket-sent}
+"""
+
+
+def test_a_message_sent_event_is_stored_once_for_a_customer_awaiting_it(shop: Shop) -> None:
+    """A customer whose journey waits for Message Sent gets the event, once per message."""
+    # given
+    with transaction(shop.engine) as conn:
+        apply_journeys(conn, shop.ws, [journey(SENT_THEN, "ticket.yaml")], now=shop.clock.now())
+    before = set(shop.messages())
+    shop.trigger(track("anna", "Ticket Booked"))
+    (mail,) = set(shop.messages()) - before
+    # when
+    for _ in range(2):
+        with transaction(shop.engine) as conn:
+            record_message_event(
+                conn, workspace_id=shop.ws, outbox_id=mail, kind="sent", at=shop.clock.now()
+            )
+    shop.advance(timedelta(minutes=5))
+    # then
+    (event,) = shop.events("Message Sent")
     assert event.properties["message_id"] == mail
-    assert event.properties["journey"] == "receipt-fallback"
-    assert shop.templates()[-1] == ("receipt-sms" if fate == "failed" else "receipt")
+    assert shop.templates()[-1] == "ticket-sent"

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, and_, case, distinct, func, select, update
 from touchline.measure.machines import BURST_WINDOW, HitKind, PriorHit, machine_reason
 from touchline.measure.rollups import bump_message
 from touchline.messaging.receipts import emit_message_event
-from touchline.store.tables import journeys, message_events, outbox
+from touchline.store.tables import journeys, listeners, message_events, outbox
 
 log = logging.getLogger("touchline.engagement")
 
@@ -125,7 +125,8 @@ def record_message_event(
     channel are copied from the message. Sent, failed and unsubscribed also
     become customer events (:data:`OUTCOME_EVENTS`, once per message) that
     journeys can wait for, unless ``emit`` is False because the caller
-    emitted its own. Returns False (and logs) when the workspace has no such
+    emitted its own; ``Message Sent`` only when a journey awaits it (see
+    :func:`_awaited`). Returns False (and logs) when the workspace has no such
     message; nothing is written then.
     """
     if kind not in OUTCOME_KINDS:
@@ -148,7 +149,11 @@ def record_message_event(
         )
     )
     name = OUTCOME_EVENTS.get(kind)
-    if emit and name is not None:
+    if (
+        emit
+        and name is not None
+        and (kind != "sent" or _awaited(conn, workspace_id, message, name))
+    ):
         emit_message_event(
             conn,
             workspace_id,
@@ -340,6 +345,38 @@ def engagement(
         clicked=row.clicked,
         machine_opened=row.any_opened - row.opened,
         machine_clicked=row.any_clicked - row.clicked,
+    )
+
+
+def _awaited(conn: Connection, workspace_id: str, message: Any, name: str) -> bool:
+    """Whether a journey starts on event ``name`` or the message's customer has one waiting
+    for it (or exiting, or converting on it).
+
+    ``Message Sent`` is stored only then: it would otherwise double the events of every
+    send, to be ingested and run past the journeys for nothing. Two indexed lookups.
+    """
+    listening = conn.execute(
+        select(listeners.c.id)
+        .where(
+            listeners.c.workspace_id == workspace_id,
+            listeners.c.profile_id == message.profile_id,
+            listeners.c.event_name == name,
+        )
+        .limit(1)
+    ).first()
+    if listening is not None:
+        return True
+    return (
+        conn.execute(
+            select(journeys.c.id)
+            .where(
+                journeys.c.workspace_id == workspace_id,
+                journeys.c.trigger_event == name,
+                journeys.c.status == "active",
+            )
+            .limit(1)
+        ).first()
+        is not None
     )
 
 
