@@ -15,11 +15,20 @@ workspace-level facts that belong to no journey use ``journey_id = 0``.
 Revenue is kept with its sum of squares per group (treated and holdout), so
 uplift intervals can be computed from the rollup alone (see
 :mod:`touchline.measure.stats`).
+
+Many facts of one batch land on one row (every entry into a journey bumps the
+journey's row of the day), and an upsert holds that row's lock until the
+transaction commits: two workers would take turns on it. A worker's batch
+therefore collects its bumps in a :class:`RollupBuffer` (:func:`deferred`) and
+writes them just before it commits, summed per row and in a fixed row order:
+the lock is held for a moment, and two writers never wait on each other in a
+cycle. A savepoint that rolls back drops the bumps made inside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -60,6 +69,51 @@ COUNTERS = frozenset(
 )
 
 _UPSERTS: dict[tuple[str, frozenset[str]], Any] = {}
+#: Where a connection keeps its :class:`RollupBuffer` while one is open (``Connection.info``).
+_BUFFER = "touchline.rollup_buffer"
+
+Key = tuple[str, date, int, str, str, str]
+
+
+class RollupBuffer:
+    """Bumps made in one transaction, written together by :meth:`flush` before it commits."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Key, dict[str, Any]]] = []
+
+    def add(self, key: Key, values: dict[str, Any]) -> None:
+        self._items.append((key, values))
+
+    def mark(self) -> int:
+        """A point to come back to when the savepoint opened now rolls back."""
+        return len(self._items)
+
+    def rollback_to(self, mark: int) -> None:
+        del self._items[mark:]
+
+    def flush(self, conn: Connection) -> int:
+        """Write the bumps, one upsert per row in key order; returns the rows written."""
+        summed: dict[Key, dict[str, Any]] = {}
+        for key, values in self._items:
+            row = summed.setdefault(key, {})
+            for name, value in values.items():
+                row[name] = row.get(name, 0) + value
+        self._items.clear()
+        for key in sorted(summed):
+            _write(conn, key, summed[key])
+        return len(summed)
+
+
+@contextmanager
+def deferred(conn: Connection) -> Iterator[RollupBuffer]:
+    """Collect :func:`bump` calls on ``conn`` and write them when the block ends without error."""
+    buffer = RollupBuffer()
+    conn.info[_BUFFER] = buffer
+    try:
+        yield buffer
+        buffer.flush(conn)
+    finally:
+        conn.info.pop(_BUFFER, None)
 
 
 def bump(
@@ -77,7 +131,26 @@ def bump(
     unknown = set(counters) - COUNTERS
     if unknown:
         raise ValueError(f"unknown report counters {sorted(unknown)}")
-    values = {name: value for name, value in counters.items() if value}
+    values = {name: _number(value) for name, value in counters.items() if value}
+    if not values:
+        return
+    row: Key = (
+        workspace_id,
+        day_of(at),
+        journey_id or 0,
+        step_id or "",
+        variant or "",
+        channel or "",
+    )
+    buffer = conn.info.get(_BUFFER)
+    if buffer is not None:
+        buffer.add(row, values)
+        return
+    _write(conn, row, values)
+
+
+def _write(conn: Connection, row: Key, values: dict[str, Any]) -> None:
+    values = {name: value for name, value in values.items() if value}
     if not values:
         return
     key = (conn.dialect.name, frozenset(values))
@@ -97,16 +170,17 @@ def bump(
             set_={name: daily_stats.c[name] + insert.excluded[name] for name in values},
         )
         _UPSERTS[key] = stmt
+    workspace_id, day, journey_id, step_id, variant, channel = row
     conn.execute(
         stmt,
         {
             "workspace_id": workspace_id,
-            "day": day_of(at),
-            "journey_id": journey_id or 0,
-            "step_id": step_id or "",
-            "variant": variant or "",
-            "channel": channel or "",
-            **{name: _number(value) for name, value in values.items()},
+            "day": day,
+            "journey_id": journey_id,
+            "step_id": step_id,
+            "variant": variant,
+            "channel": channel,
+            **values,
         },
     )
 
@@ -161,4 +235,12 @@ def _number(value: int | Decimal | float) -> int | Decimal:
     return value
 
 
-__all__ = ["COUNTERS", "bump", "bump_message", "conversion_counters", "day_of"]
+__all__ = [
+    "COUNTERS",
+    "RollupBuffer",
+    "bump",
+    "bump_message",
+    "conversion_counters",
+    "day_of",
+    "deferred",
+]

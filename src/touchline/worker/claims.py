@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DBAPIError, PendingRollbackError
 
 from touchline.audience.observers import observe_event
+from touchline.measure.rollups import deferred as deferred_rollups
 from touchline.store.db import transaction
 from touchline.store.runtime import RunStats, Runtime
 from touchline.store.tables import (
@@ -155,7 +156,7 @@ def process_events(
     """
     result = BatchResult()
     failures: list[tuple[int, str]] = []
-    with transaction(engine) as conn:
+    with transaction(engine) as conn, deferred_rollups(conn) as rollups:
         rows = conn.execute(
             select(events)
             .where(
@@ -186,7 +187,7 @@ def process_events(
                 result.skipped += 1
                 continue
             item_now = row.timestamp if event_time_as_now else now
-            savepoint = conn.begin_nested()
+            savepoint, mark = conn.begin_nested(), rollups.mark()
             try:
                 observe_event(conn, row, now=item_now)
                 stats = runtime.handle_event(conn, row, now=item_now)
@@ -197,6 +198,7 @@ def process_events(
                 ).rowcount
                 if done != 1:
                     savepoint.rollback()
+                    rollups.rollback_to(mark)
                     result.skipped += 1
                     continue
                 savepoint.commit()
@@ -206,6 +208,7 @@ def process_events(
                 if store_lost(exc):
                     raise  # not the event's fault: the batch ends, its leases run out, it is retried
                 savepoint.rollback()
+                rollups.rollback_to(mark)
                 log.warning("event %s failed: %s", row.id, exc, exc_info=True)
                 failures.append((row.id, f"{type(exc).__name__}: {exc}"))
     if failures:
@@ -244,7 +247,7 @@ def process_timers(
     """Fire claimed timers. Each fires once: its row is deleted in the same savepoint."""
     result = BatchResult()
     failures: list[tuple[int, str]] = []
-    with transaction(engine) as conn:
+    with transaction(engine) as conn, deferred_rollups(conn) as rollups:
         rows = conn.execute(
             select(timers)
             .where(timers.c.id.in_(ids), timers.c.lease_owner == owner)
@@ -252,13 +255,14 @@ def process_timers(
         ).all()
         result.skipped += len(ids) - len(rows)
         for row in rows:
-            savepoint = conn.begin_nested()
+            savepoint, mark = conn.begin_nested(), rollups.mark()
             try:
                 gone = conn.execute(
                     delete(timers).where(timers.c.id == row.id, timers.c.lease_owner == owner)
                 ).rowcount
                 if gone != 1:  # cleared by an event this batch, or the lease was lost
                     savepoint.rollback()
+                    rollups.rollback_to(mark)
                     result.skipped += 1
                     continue
                 stats = runtime.handle_timer(conn, row, now=now)
@@ -270,6 +274,7 @@ def process_timers(
                 if store_lost(exc):
                     raise  # not the timer's fault: the batch ends, its leases run out, it is retried
                 savepoint.rollback()
+                rollups.rollback_to(mark)
                 log.warning("timer %s failed: %s", row.id, exc, exc_info=True)
                 failures.append((row.id, f"{type(exc).__name__}: {exc}"))
     if failures:
