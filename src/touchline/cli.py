@@ -526,7 +526,7 @@ def promo() -> None:
     """Promo code pools: create them, fill them, watch them."""
 
 
-def _promo_run(ctx: click.Context, work: Any) -> Any:
+def _in_transaction(ctx: click.Context, work: Any) -> Any:
     """Run ``work(conn)`` in one write transaction; touchline errors become `Error: ...`."""
     from touchline.store.db import transaction
 
@@ -557,7 +557,7 @@ def promo_create(
 
     ws = _workspace(ctx, workspace)
     now = SystemClock().now()
-    pool = _promo_run(
+    pool = _in_transaction(
         ctx,
         lambda conn: create_pool(
             conn, ws, key=key, name=name, valid_from=valid_from, valid_until=valid_until, now=now
@@ -577,7 +577,7 @@ def promo_import(ctx: click.Context, pool: str, file: Any, workspace: str | None
 
     ws = _workspace(ctx, workspace)
     codes = parse_codes_csv(file.read())
-    result = _promo_run(ctx, lambda conn: import_codes(conn, ws, pool, codes))
+    result = _in_transaction(ctx, lambda conn: import_codes(conn, ws, pool, codes))
     click.echo(f"{result.added} added, {result.duplicates} duplicates, {result.invalid} invalid")
     for sample in result.invalid_samples:
         click.echo(f"  invalid: {sample!r}", err=True)
@@ -607,7 +607,7 @@ def promo_generate(
 
     ws = _workspace(ctx, workspace)
     size = length or DEFAULT_LENGTH
-    codes = _promo_run(
+    codes = _in_transaction(
         ctx, lambda conn: generate_codes(conn, ws, pool, count=count, prefix=prefix, length=size)
     )
     for code in codes:
@@ -1246,17 +1246,6 @@ def broadcast() -> None:
     """One-off and scheduled sends to a segment: create, schedule, show, cancel."""
 
 
-def _broadcast_run(ctx: click.Context, work: Any) -> Any:
-    """Run ``work(conn)`` in one write transaction; touchline errors become `Error: ...`."""
-    from touchline.store.db import transaction
-
-    try:
-        with transaction(_engine(ctx)) as conn:
-            return work(conn)
-    except TouchlineError as exc:
-        raise click.ClickException(exc.message) from None
-
-
 @broadcast.command("create")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--workspace", envvar="TOUCHLINE_WORKSPACE", help="workspace id")
@@ -1273,7 +1262,7 @@ def broadcast_create(ctx: click.Context, file: str, workspace: str | None) -> No
         raise click.ClickException(exc.message) from None
     ws = _workspace(ctx, workspace)
     now = SystemClock().now()
-    found = _broadcast_run(
+    found = _in_transaction(
         ctx, lambda conn: create_broadcast(conn, ws, spec, source=source, now=now)
     )
     when = f" for {found['send_at']}" if found["send_at"] else "; schedule it to send"
@@ -1292,7 +1281,7 @@ def broadcast_schedule(ctx: click.Context, key: str, at: str | None, workspace: 
     ws = _workspace(ctx, workspace)
     now = SystemClock().now()
     send_at = _parse_time(at) or now
-    found = _broadcast_run(
+    found = _in_transaction(
         ctx, lambda conn: schedule_broadcast(conn, ws, key, send_at=send_at, now=now)
     )
     click.echo(f"broadcast {key} scheduled for {found['send_at']}")
@@ -1351,7 +1340,7 @@ def broadcast_cancel(ctx: click.Context, key: str, workspace: str | None) -> Non
 
     ws = _workspace(ctx, workspace)
     now = SystemClock().now()
-    found = _broadcast_run(ctx, lambda conn: cancel_broadcast(conn, ws, key, now=now))
+    found = _in_transaction(ctx, lambda conn: cancel_broadcast(conn, ws, key, now=now))
     click.echo(f"broadcast {key} cancelled; {found['cancelled_messages']} pending messages skipped")
 
 
