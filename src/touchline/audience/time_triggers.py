@@ -391,6 +391,7 @@ def run_chunk(
             .where(
                 profiles.c.workspace_id == job.workspace_id,
                 profiles.c.merged_into.is_(None),
+                profiles.c.erased_at.is_(None),
                 profiles.c.id > job.done_through,
             )
             .order_by(profiles.c.id)
