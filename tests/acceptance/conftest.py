@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from mail_sink import Sink, running_sink
 from server import postgres_database
 
 
@@ -19,3 +20,10 @@ def store_url(
     pg_admin = request.getfixturevalue("pg_admin")
     with postgres_database(pg_admin, request.getfixturevalue("pg_template")) as url:
         yield url
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[Sink, int]]:
+    """A mail sink on loopback and its port."""
+    with running_sink() as found:
+        yield found

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-from aiosmtpd.controller import Controller
+from mail_sink import Sink
 from sqlalchemy import Engine, func, select
 
 from touchline.journeys.loader import LoadedJourney, load_journey_text
@@ -49,41 +44,6 @@ channel: email
 subject: "Заказ {{ event.properties.order_id }} принят"
 text: "Спасибо! Номер заказа: {{ event.properties.order_id }}"
 """
-
-
-class Sink:
-    """An aiosmtpd handler keeping every message it accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[email.message.EmailMessage] = []
-        self.up = True
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        if not self.up:
-            return "421 4.3.2 service not available, try later"
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        with self.lock:
-            self.messages.append(message)  # type: ignore[arg-type]
-        return "250 OK"
-
-    def received(self) -> int:
-        with self.lock:
-            return len(self.messages)
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
 
 
 def _count(engine: Engine, stmt: Any) -> int:

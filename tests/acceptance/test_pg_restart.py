@@ -14,8 +14,6 @@ same Message-ID, after its lease ends).
 
 from __future__ import annotations
 
-import email
-import email.policy
 import os
 import shutil
 import socket
@@ -23,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
+from mail_sink import Sink
 from sqlalchemy import Engine, func, select
 
 from touchline.journeys.loader import LoadedJourney, load_journey_text
@@ -123,39 +120,6 @@ def postgres() -> Iterator[PrivatePostgres]:
             server.pg_ctl("stop", "-m", "immediate")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-# -- a mail sink --------------------------------------------------------------------------
-
-
-class Sink:
-    """An aiosmtpd handler keeping every message it accepts."""
-
-    def __init__(self) -> None:
-        self.messages: list[email.message.EmailMessage] = []
-        self.lock = threading.Lock()
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        with self.lock:
-            self.messages.append(message)  # type: ignore[arg-type]
-        return "250 OK"
-
-    def received(self) -> int:
-        with self.lock:
-            return len(self.messages)
-
-
-@pytest.fixture
-def sink() -> Iterator[tuple[Sink, int]]:
-    handler = Sink()
-    port = _free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
 
 
 # -- the run ------------------------------------------------------------------------------
