@@ -185,6 +185,8 @@ def machine(stores: tuple[str, ...]) -> list[tuple[str, str]]:
 
 
 def format_rate(value: float, unit: str) -> str:
+    if abs(value) < 100:
+        return f"{value:,.1f} {unit}"
     return f"{value:,.0f} {unit}"
 
 

@@ -214,11 +214,19 @@ def encode_batches(messages: list[dict[str, Any]], *, size: int) -> list[bytes]:
 
 
 @contextmanager
-def server(url: str, folder: Path, *, profile_to: Path | None = None) -> Iterator[str]:
+def server(
+    url: str,
+    folder: Path,
+    *,
+    profile_to: Path | None = None,
+    factory: str = "touchline.web.app:app_from_env",
+    env: dict[str, str] | None = None,
+) -> Iterator[str]:
     """touchline's HTTP API as a separate process on a free port; yields its base URL.
 
     With ``profile_to``, :mod:`bench.profiled_server` runs instead and writes
-    cProfile statistics there on shutdown.
+    cProfile statistics there on shutdown. ``factory`` serves another app the
+    same way, with ``env`` added to the environment.
     """
     port = free_port()
     if profile_to is None:
@@ -227,7 +235,7 @@ def server(url: str, folder: Path, *, profile_to: Path | None = None) -> Iterato
             "-m",
             "uvicorn",
             "--factory",
-            "touchline.web.app:app_from_env",
+            factory,
             "--host",
             "127.0.0.1",
             "--port",
@@ -246,7 +254,12 @@ def server(url: str, folder: Path, *, profile_to: Path | None = None) -> Iterato
             "--out",
             str(profile_to),
         ]
-    env = {**os.environ, "TOUCHLINE_DATABASE_URL": url, "TOUCHLINE_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "TOUCHLINE_DATABASE_URL": url,
+        "TOUCHLINE_LOG_LEVEL": "WARNING",
+        **(env or {}),
+    }
     errors = folder / f"server-{port}.log"
     with errors.open("wb") as sink:
         proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)

@@ -1,7 +1,7 @@
 """``python -m bench.run [--quick] [--store sqlite|postgresql|both]``: the benchmark report.
 
 Each row compares touchline with a baseline doing the same work in the same
-run (see :mod:`bench.ingest`, :mod:`bench.timers`, :mod:`bench.e2e_smtp`,
+run (see :mod:`bench.ingest`, :mod:`bench.latency`, :mod:`bench.timers`, :mod:`bench.e2e_smtp`,
 :mod:`bench.reports`, :mod:`bench.peers`, :mod:`bench.scaleout`,
 :mod:`bench.timers_1m` and :mod:`bench.segments`), and prints the ratio
 touchline / baseline. The ratio, not the absolute rate, is what to compare
@@ -33,11 +33,12 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import e2e_smtp, ingest, peers, reports, scaleout, segments, timers, timers_1m
+from bench import e2e_smtp, ingest, latency, peers, reports, scaleout, segments, timers, timers_1m
 from bench.common import STORES, Result, log, machine, render, workdir
 
 BENCHMARKS = (
     "ingest",
+    "latency",
     "timers",
     "e2e",
     "reports",
@@ -58,6 +59,7 @@ PROFILE_TOP = 25
 class Scale:
     ingest_events: int
     ingest_users: int
+    latency: latency.Scale
     timers: int
     e2e_orders: int
     report_events: int
@@ -73,6 +75,7 @@ class Scale:
 FULL = Scale(
     ingest_events=50_000,
     ingest_users=5_000,
+    latency=latency.FULL,
     timers=100_000,
     e2e_orders=2_000,
     report_events=10_000_000,
@@ -88,6 +91,7 @@ FULL = Scale(
 QUICK = Scale(
     ingest_events=10_000,
     ingest_users=1_000,
+    latency=latency.QUICK,
     timers=20_000,
     e2e_orders=300,
     report_events=1_000_000,
@@ -203,6 +207,8 @@ def _run_one(
                 profile_to=prof,
             )
         ]
+    if name == "latency":
+        return latency.run(kind, folder, scale=scale.latency)
     if name == "timers":
         return [
             timers.run(
