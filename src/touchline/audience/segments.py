@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Select, select
+from sqlalchemy import Connection, Select, bindparam, select
 
 from touchline.audience.segment_runtime import (
     BuildResult,
@@ -88,14 +88,17 @@ def member_ids(conn: Connection, workspace_id: str, key: str) -> Select[Any]:
     )
 
 
+# Read for every customer a worker loads, so built once.
+_KEYS_OF = (
+    select(segments.c.key)
+    .join(segment_members, segment_members.c.segment_id == segments.c.id)
+    .where(
+        segment_members.c.workspace_id == bindparam("ws"),
+        segment_members.c.profile_id == bindparam("pid"),
+    )
+)
+
+
 def segment_keys_for(conn: Connection, workspace_id: str, profile_id: int) -> set[str]:
     """The keys of the segments the customer is in now (index ws + profile)."""
-    rows = conn.execute(
-        select(segments.c.key)
-        .join(segment_members, segment_members.c.segment_id == segments.c.id)
-        .where(
-            segment_members.c.workspace_id == workspace_id,
-            segment_members.c.profile_id == profile_id,
-        )
-    ).scalars()
-    return set(rows)
+    return set(conn.execute(_KEYS_OF, {"ws": workspace_id, "pid": profile_id}).scalars())

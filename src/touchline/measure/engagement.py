@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, distinct, func, select, update
+from sqlalchemy import Connection, and_, bindparam, case, distinct, func, select, update
 
 from touchline.measure.machines import BURST_WINDOW, HitKind, PriorHit, machine_reason
 from touchline.measure.rollups import bump_message
@@ -136,17 +136,18 @@ def record_message_event(
         log.warning("no message %s in workspace %s; %s not recorded", outbox_id, workspace_id, kind)
         return False
     conn.execute(
-        message_events.insert().values(
-            workspace_id=workspace_id,
-            outbox_id=outbox_id,
-            profile_id=message.profile_id,
-            journey_id=message.journey_id,
-            channel=message.channel,
-            kind=kind,
-            at=at,
-            machine=False,
-            detail=detail,
-        )
+        _INSERT_MESSAGE_EVENT,
+        {
+            "workspace_id": workspace_id,
+            "outbox_id": outbox_id,
+            "profile_id": message.profile_id,
+            "journey_id": message.journey_id,
+            "channel": message.channel,
+            "kind": kind,
+            "at": at,
+            "machine": False,
+            "detail": detail,
+        },
     )
     name = OUTCOME_EVENTS.get(kind)
     if (
@@ -348,6 +349,41 @@ def engagement(
     )
 
 
+# Statements of the per-message path, built once.
+_LISTENING = (
+    select(listeners.c.id)
+    .where(
+        listeners.c.workspace_id == bindparam("ws"),
+        listeners.c.profile_id == bindparam("pid"),
+        listeners.c.event_name == bindparam("name"),
+    )
+    .limit(1)
+)
+_TRIGGERED = (
+    select(journeys.c.id)
+    .where(
+        journeys.c.workspace_id == bindparam("ws"),
+        journeys.c.trigger_event == bindparam("name"),
+        journeys.c.status == "active",
+    )
+    .limit(1)
+)
+_MESSAGE = (
+    select(
+        outbox.c.profile_id,
+        outbox.c.journey_id,
+        outbox.c.channel,
+        outbox.c.step_id,
+        outbox.c.template,
+        outbox.c.sent_at,
+        journeys.c.key.label("journey"),
+    )
+    .join(journeys, journeys.c.id == outbox.c.journey_id, isouter=True)
+    .where(outbox.c.workspace_id == bindparam("ws"), outbox.c.id == bindparam("oid"))
+)
+_INSERT_MESSAGE_EVENT = message_events.insert()
+
+
 def _awaited(conn: Connection, workspace_id: str, message: Any, name: str) -> bool:
     """Whether a journey starts on event ``name`` or the message's customer has one waiting
     for it (or exiting, or converting on it).
@@ -355,45 +391,14 @@ def _awaited(conn: Connection, workspace_id: str, message: Any, name: str) -> bo
     ``Message Sent`` is stored only then: it would otherwise double the events of every
     send, to be ingested and run past the journeys for nothing. Two indexed lookups.
     """
-    listening = conn.execute(
-        select(listeners.c.id)
-        .where(
-            listeners.c.workspace_id == workspace_id,
-            listeners.c.profile_id == message.profile_id,
-            listeners.c.event_name == name,
-        )
-        .limit(1)
-    ).first()
-    if listening is not None:
+    params = {"ws": workspace_id, "pid": message.profile_id, "name": name}
+    if conn.execute(_LISTENING, params).first() is not None:
         return True
-    return (
-        conn.execute(
-            select(journeys.c.id)
-            .where(
-                journeys.c.workspace_id == workspace_id,
-                journeys.c.trigger_event == name,
-                journeys.c.status == "active",
-            )
-            .limit(1)
-        ).first()
-        is not None
-    )
+    return conn.execute(_TRIGGERED, params).first() is not None
 
 
 def _message(conn: Connection, workspace_id: str, outbox_id: int) -> Any:
-    return conn.execute(
-        select(
-            outbox.c.profile_id,
-            outbox.c.journey_id,
-            outbox.c.channel,
-            outbox.c.step_id,
-            outbox.c.template,
-            outbox.c.sent_at,
-            journeys.c.key.label("journey"),
-        )
-        .join(journeys, journeys.c.id == outbox.c.journey_id, isouter=True)
-        .where(outbox.c.workspace_id == workspace_id, outbox.c.id == outbox_id)
-    ).first()
+    return conn.execute(_MESSAGE, {"ws": workspace_id, "oid": outbox_id}).first()
 
 
 __all__ = [

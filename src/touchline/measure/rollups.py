@@ -33,7 +33,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from touchline.store.tables import daily_stats, outbox
@@ -185,17 +185,18 @@ def _write(conn: Connection, row: Key, values: dict[str, Any]) -> None:
     )
 
 
+_MESSAGE_ROW = select(
+    outbox.c.workspace_id,
+    outbox.c.journey_id,
+    outbox.c.step_id,
+    outbox.c.variant,
+    outbox.c.channel,
+).where(outbox.c.id == bindparam("oid"))
+
+
 def bump_message(conn: Connection, outbox_id: int, *, at: datetime, **counters: Any) -> None:
     """Add ``counters`` to the row of message ``outbox_id``'s journey, step, variant and channel."""
-    row = conn.execute(
-        select(
-            outbox.c.workspace_id,
-            outbox.c.journey_id,
-            outbox.c.step_id,
-            outbox.c.variant,
-            outbox.c.channel,
-        ).where(outbox.c.id == outbox_id)
-    ).first()
+    row = conn.execute(_MESSAGE_ROW, {"oid": outbox_id}).first()
     if row is None:
         return
     bump(

@@ -40,7 +40,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, or_, select, update
+from sqlalchemy import Engine, bindparam, or_, select, update
 from sqlalchemy.exc import DBAPIError, PendingRollbackError
 
 from touchline.audience.recommendations import Recommender
@@ -116,6 +116,14 @@ class DispatchTotals:
     deferred: int = 0
     retried: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)
+
+
+# Per-message statements, built once.
+_PROFILE = select(profiles).where(profiles.c.id == bindparam("pid"))
+# A result is written only while the lease holds; the values go in as column-named parameters.
+_RECORD = update(outbox).where(
+    outbox.c.id == bindparam("oid"), outbox.c.lease_owner == bindparam("owner")
+)
 
 
 class Dispatcher:
@@ -242,9 +250,7 @@ class Dispatcher:
             ).all()
             for row in rows:
                 lock_customer(conn, row.profile_id)
-                profile = conn.execute(
-                    select(profiles).where(profiles.c.id == row.profile_id)
-                ).one()
+                profile = conn.execute(_PROFILE, {"pid": row.profile_id}).one()
                 decision = self._decide(conn, row, profile, now)
                 status = apply_verdict(conn, row.id, decision, now=now, owner=self.owner)
                 if self.metrics is not None:
@@ -294,7 +300,7 @@ class Dispatcher:
         return out
 
     def _prepare_one(self, conn: Any, row: Any, now: datetime) -> Prepared:
-        profile = conn.execute(select(profiles).where(profiles.c.id == row.profile_id)).one()
+        profile = conn.execute(_PROFILE, {"pid": row.profile_id}).one()
         scope = profile_scope(profile)
         address = address_of(row.channel, profile) or ""
         try:
@@ -450,9 +456,15 @@ class Dispatcher:
                     if address and _is_hard_bounce(error):
                         self._suppress_bounce(conn, item, address, error, now)
                 written = conn.execute(
-                    update(outbox)
-                    .where(*mine)
-                    .values(**cleared, **values, rendered=rendered, address=address)
+                    _RECORD,
+                    {
+                        "oid": item.id,
+                        "owner": self.owner,
+                        **cleared,
+                        **values,
+                        "rendered": rendered,
+                        "address": address,
+                    },
                 ).rowcount
                 if written and self.metrics is not None:
                     self.metrics.count_recorded(item.channel, status=values["status"], error=error)

@@ -99,6 +99,16 @@ _INSTANCE = (
     .join(journeys, journeys.c.id == instances.c.journey_id)
     .where(instances.c.id == bindparam("iid"))
 )
+_DELETE_TIMERS_OF = delete(timers).where(timers.c.instance_id == bindparam("iid"))
+_DELETE_LISTENERS_OF = delete(listeners).where(listeners.c.instance_id == bindparam("iid"))
+_DELETE_LISTENERS_BUT_GOALS = delete(listeners).where(
+    listeners.c.instance_id == bindparam("iid"), listeners.c.kind != "goal"
+)
+_DELETE_LISTENERS_OF_KIND = delete(listeners).where(
+    listeners.c.instance_id == bindparam("iid"), listeners.c.kind == bindparam("kind")
+)
+# The new state goes in as parameters named after the columns they set.
+_UPDATE_INSTANCE = update(instances).where(instances.c.id == bindparam("iid"))
 
 
 class Runtime:
@@ -468,18 +478,10 @@ class Runtime:
             elif isinstance(cmd, eng.ClearWait):
                 if ending:
                     continue  # End below deletes the same rows and more
-                conn.execute(delete(timers).where(timers.c.instance_id == inst.id))
-                conn.execute(
-                    delete(listeners).where(
-                        listeners.c.instance_id == inst.id, listeners.c.kind == "wait"
-                    )
-                )
+                conn.execute(_DELETE_TIMERS_OF, {"iid": inst.id})
+                conn.execute(_DELETE_LISTENERS_OF_KIND, {"iid": inst.id, "kind": "wait"})
             elif isinstance(cmd, eng.StopListening):
-                conn.execute(
-                    delete(listeners).where(
-                        listeners.c.instance_id == inst.id, listeners.c.kind == cmd.kind
-                    )
-                )
+                conn.execute(_DELETE_LISTENERS_OF_KIND, {"iid": inst.id, "kind": cmd.kind})
             elif isinstance(cmd, eng.SetTraits):
                 self._set_traits(conn, profile, cmd, now=now)
             elif isinstance(cmd, eng.Unsubscribe):
@@ -544,9 +546,11 @@ class Runtime:
                             **counters,
                         )
             elif isinstance(cmd, eng.End):
-                conn.execute(delete(timers).where(timers.c.instance_id == inst.id))
-                keep = [listeners.c.kind != "goal"] if cmd.keep_goal else []
-                conn.execute(delete(listeners).where(listeners.c.instance_id == inst.id, *keep))
+                conn.execute(_DELETE_TIMERS_OF, {"iid": inst.id})
+                conn.execute(
+                    _DELETE_LISTENERS_BUT_GOALS if cmd.keep_goal else _DELETE_LISTENERS_OF,
+                    {"iid": inst.id},
+                )
                 if cmd.status == "exited":
                     stats.exited += 1
                 else:
@@ -554,19 +558,19 @@ class Runtime:
         if logs:
             conn.execute(_INSERT_STEP_LOG, logs)
         conn.execute(
-            update(instances)
-            .where(instances.c.id == inst.id)
-            .values(
-                status=inst.status,
-                step_id=inst.step_id,
-                state=inst.to_state(),
-                updated_at=now,
-                ended_at=now
+            _UPDATE_INSTANCE,
+            {
+                "iid": inst.id,
+                "status": inst.status,
+                "step_id": inst.step_id,
+                "state": inst.to_state(),
+                "updated_at": now,
+                "ended_at": now
                 if inst.status != "active" and inst_row.status == "active"
                 else inst_row.ended_at,
-                exit_reason=inst.exit_reason,
-                goal_reached_at=inst.goal_reached_at,
-            )
+                "exit_reason": inst.exit_reason,
+                "goal_reached_at": inst.goal_reached_at,
+            },
         )
 
     def _unsubscribe(

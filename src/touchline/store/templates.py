@@ -9,7 +9,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
 from touchline.errors import NotFound
 from touchline.messaging.templates import CompiledTemplate, Template, compile_template
@@ -61,6 +61,12 @@ def apply_templates(
     return out
 
 
+# Read for every message sent: the checksum alone, the spec only when it changed.
+_WHERE = (templates.c.workspace_id == bindparam("ws"), templates.c.key == bindparam("key"))
+_CHECKSUM = select(templates.c.checksum).where(*_WHERE)
+_SPEC = select(templates.c.checksum, templates.c.spec).where(*_WHERE)
+
+
 class TemplateCache:
     """Compiled templates by (workspace, key), refreshed when their checksum changes."""
 
@@ -68,16 +74,16 @@ class TemplateCache:
         self._compiled: dict[tuple[str, str], tuple[str, CompiledTemplate]] = {}
 
     def get(self, conn: Connection, workspace_id: str, key: str) -> CompiledTemplate:
-        row = conn.execute(
-            select(templates.c.checksum, templates.c.spec).where(
-                templates.c.workspace_id == workspace_id, templates.c.key == key
-            )
-        ).first()
-        if row is None:
+        params = {"ws": workspace_id, "key": key}
+        checksum = conn.execute(_CHECKSUM, params).scalar_one_or_none()
+        if checksum is None:
             raise NotFound(f"no template {key!r} in this workspace")
         cached = self._compiled.get((workspace_id, key))
-        if cached is not None and cached[0] == row.checksum:
+        if cached is not None and cached[0] == checksum:
             return cached[1]
+        row = conn.execute(_SPEC, params).first()
+        if row is None:  # deleted between the two reads
+            raise NotFound(f"no template {key!r} in this workspace")
         spec = dict(row.spec)
         compiled = compile_template(
             Template(

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Engine,
     Table,
     and_,
+    bindparam,
     delete,
     exists,
     or_,
@@ -241,6 +242,11 @@ def _record_event_failures(
             )
 
 
+_DELETE_LEASED_TIMER = delete(timers).where(
+    timers.c.id == bindparam("tid"), timers.c.lease_owner == bindparam("owner")
+)
+
+
 def process_timers(
     engine: Engine, runtime: Runtime, ids: list[int], *, owner: str, now: datetime
 ) -> BatchResult:
@@ -257,9 +263,7 @@ def process_timers(
         for row in rows:
             savepoint, mark = conn.begin_nested(), rollups.mark()
             try:
-                gone = conn.execute(
-                    delete(timers).where(timers.c.id == row.id, timers.c.lease_owner == owner)
-                ).rowcount
+                gone = conn.execute(_DELETE_LEASED_TIMER, {"tid": row.id, "owner": owner}).rowcount
                 if gone != 1:  # cleared by an event this batch, or the lease was lost
                     savepoint.rollback()
                     rollups.rollback_to(mark)
