@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import test_dispatcher_kill
+from mail_sink import Sink
 from sqlalchemy import Engine, func, select
-from test_dispatcher_kill import Sink, _count, _start, _wait_for
+from test_dispatcher_kill import _count, _start, _wait_for
 
 from touchline.audience.broadcast_spec import load_broadcast_data
 from touchline.audience.broadcasts import create_broadcast
@@ -31,7 +31,6 @@ from touchline.store.templates import apply_templates
 from touchline.store.workspaces import create_workspace
 
 CUSTOMERS = 2000
-smtp_sink = test_dispatcher_kill.sink  # the dispatcher kill test's local SMTP server
 TEMPLATE = """\
 template: newsletter
 channel: email
@@ -101,7 +100,7 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 def test_sigkilled_workers_mail_a_broadcast_to_everyone_with_duplicates_only_in_the_window(
     engine: Engine,
     database_url: str,
-    smtp_sink: tuple[Sink, int],
+    sink: tuple[Sink, int],
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> None:
@@ -111,7 +110,7 @@ def test_sigkilled_workers_mail_a_broadcast_to_everyone_with_duplicates_only_in_
     if database_url.startswith("postgresql") and not request.config.getoption("--run-slow"):
         pytest.skip("about two minutes on PostgreSQL; run with --run-slow")
     # given
-    handler, port = smtp_sink
+    handler, port = sink
     _prepare(engine)
     log = tmp_path / "worker.log"
     state = select(broadcasts.c.status, broadcasts.c.audience, broadcasts.c.queued)
