@@ -150,6 +150,8 @@ def resolve_days(since: date | None, until: date | None, *, today: date) -> tupl
     """The UTC days ``[since, until]``, both included: ``until`` defaults to ``today``,
     ``since`` to DEFAULT_DAYS days up to ``until``. InputError when ``since`` is later."""
     end = until or today
+    if since is None and end < date.min + timedelta(days=DEFAULT_DAYS - 1):
+        raise InputError(f"until must be {DEFAULT_DAYS} days or more after {date.min}")
     start = since or end - timedelta(days=DEFAULT_DAYS - 1)
     if start > end:
         raise InputError("since must not be later than until")
