@@ -13,19 +13,17 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from mail_sink import Sink
 from sqlalchemy import Engine, func, select
+from test_dispatcher_kill import _count, _start, _wait_for
 
 from touchline.journeys.loader import LoadedJourney, load_journey_text
 from touchline.messaging.template_files import load_template_text
@@ -88,44 +86,6 @@ TEMPLATES = (
     text: "Спасибо за заказ {{ event.properties.order_id }}."
     """,
 )
-
-
-def _count(engine: Engine, stmt: Any) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(stmt).scalar_one() or 0)
-
-
-def _wait_for(check: Callable[[], bool], *, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.005)
-    raise AssertionError(
-        f"seed {SEED}: timed out waiting for {what}; log:\n{log.read_text()[-3000:]}"
-    )
-
-
-def _start(database_url: str, smtp_port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")},
-        "TOUCHLINE_DATABASE_URL": database_url,
-        "TOUCHLINE_SMTP_HOST": "127.0.0.1",
-        "TOUCHLINE_SMTP_PORT": str(smtp_port),
-        "TOUCHLINE_SMTP_SECURITY": "none",
-        "TOUCHLINE_SMTP_FROM": "shop@example.ru",
-        "TOUCHLINE_CLAIM_BATCH": "25",
-        "TOUCHLINE_LEASE_SECONDS": "2",
-        "TOUCHLINE_POLL_MS": "20",
-        "TOUCHLINE_LOG_LEVEL": "WARNING",
-    }
-    with log.open("ab") as stderr:
-        return subprocess.Popen(
-            [sys.executable, "-m", "touchline.cli", "worker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
 
 
 def _prepare(engine: Engine) -> str:
@@ -209,7 +169,7 @@ def test_a_worker_killed_at_random_moments_loses_nothing_and_repeats_nothing(
         before = progress()
         proc = _start(database_url, port, log)
         try:
-            _wait_for(moved_past(before), timeout=60, what="progress", log=log)
+            _wait_for(moved_past(before), timeout=60, what=f"progress (seed {SEED})", log=log)
             time.sleep(rng.uniform(0.0, 0.6))
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -217,7 +177,7 @@ def test_a_worker_killed_at_random_moments_loses_nothing_and_repeats_nothing(
         kills += 1
     proc = _start(database_url, port, log)
     try:
-        _wait_for(finished, timeout=300, what="the work to finish", log=log)
+        _wait_for(finished, timeout=300, what=f"the work to finish (seed {SEED})", log=log)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
